@@ -1,0 +1,89 @@
+"""Patch embedding, merging and expanding for 2D and 3D, channels-last, with a scale per axis.
+
+nnU-Net plans are often anisotropic (a 3D stage may pool by [1, 2, 2]), so every layer here takes one
+scale factor per spatial axis instead of a single integer. Tokens live channels-last,
+``(batch, *spatial, channels)``, because LayerNorm and the linear layers act on the last axis.
+
+Channel layouts follow VMamba/VM-UNet so that 2D ImageNet checkpoints map one to one: merging
+concatenates the neighbours with the first spatial offset varying fastest (x[0::2,0::2],
+x[1::2,0::2], x[0::2,1::2], x[1::2,1::2]); expanding splits the channels as (offset_0, offset_1, c).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def _as_scale(scale: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
+    if isinstance(scale, int):
+        return (scale,) * spatial_dims
+    scale = tuple(int(s) for s in scale)
+    if len(scale) != spatial_dims:
+        raise ValueError(f"expected {spatial_dims} scale factors (one per spatial axis), got {list(scale)}")
+    if any(s < 1 for s in scale):
+        raise ValueError(f"scale factors must be >= 1, got {list(scale)}")
+    return scale
+
+
+class PatchEmbedding(nn.Module):
+    """Non-overlapping strided convolution into ``embed_dim`` channels, then LayerNorm.
+
+    Takes channels-first images ``(B, C, *spatial)`` and returns channels-last tokens.
+    """
+
+    def __init__(self, in_channels: int, embed_dim: int, patch_size: Sequence[int], conv_op: type[nn.Module]):
+        super().__init__()
+        spatial_dims = 3 if conv_op is nn.Conv3d else 2
+        self.patch_size = _as_scale(patch_size, spatial_dims)
+        self.proj = conv_op(in_channels, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(torch.movedim(self.proj(x), 1, -1))
+
+
+class PatchMerging(nn.Module):
+    """Downsample by ``scale`` per axis: gather each block of neighbours into channels, norm, project to ``out_dim``."""
+
+    def __init__(self, dim: int, out_dim: int, scale: Sequence[int]):
+        super().__init__()
+        self.scale = tuple(int(s) for s in scale)
+        merged = dim * math.prod(self.scale)
+        self.norm = nn.LayerNorm(merged)
+        self.reduction = nn.Linear(merged, out_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, *spatial, channels = x.shape
+        n = len(spatial)
+        blocks = []
+        for size, s in zip(spatial, self.scale):
+            blocks += [size // s, s]
+        x = x.reshape(batch, *blocks, channels)
+        coarse_axes = [1 + 2 * i for i in range(n)]
+        offset_axes = [2 + 2 * i for i in reversed(range(n))]  # first axis' offset varies fastest
+        x = x.permute(0, *coarse_axes, *offset_axes, 2 * n + 1)
+        x = x.reshape(batch, *(size // s for size, s in zip(spatial, self.scale)), -1)
+        return self.reduction(self.norm(x))
+
+
+class PatchExpanding(nn.Module):
+    """Upsample by ``scale`` per axis: project to ``prod(scale) * out_dim`` channels, scatter them, norm."""
+
+    def __init__(self, dim: int, out_dim: int, scale: Sequence[int]):
+        super().__init__()
+        self.scale = tuple(int(s) for s in scale)
+        self.out_dim = out_dim
+        self.expand = nn.Linear(dim, math.prod(self.scale) * out_dim, bias=False)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, *spatial, _ = x.shape
+        n = len(spatial)
+        x = self.expand(x).reshape(batch, *spatial, *self.scale, self.out_dim)
+        interleaved = [axis for i in range(n) for axis in (1 + i, 1 + n + i)]
+        x = x.permute(0, *interleaved, 2 * n + 1)
+        x = x.reshape(batch, *(size * s for size, s in zip(spatial, self.scale)), self.out_dim)
+        return self.norm(x)

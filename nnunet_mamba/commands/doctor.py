@@ -1,0 +1,67 @@
+"""``nnunet-mamba doctor``: what will run here, and whether nnU-Net finds our trainers."""
+from __future__ import annotations
+
+import os
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "doctor", help="report torch/CUDA, the selective-scan backend, mamba-ssm, nnU-Net paths and trainer lookup")
+    parser.set_defaults(func=run)
+
+
+def _section(title: str) -> None:
+    print(f"\n{title}")
+
+
+def run(args) -> int:
+    import torch
+
+    from nnunet_mamba import __version__, discovery
+    from nnunet_mamba.ops import ENV_VAR, available_backends, cuda_kernel_status, resolve_backend
+
+    problems = []
+    print(f"nnunet-mamba {__version__}")
+    _section("torch")
+    print(f"  torch {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})")
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        print(f"  CUDA available: {torch.cuda.device_count()} device(s): {names}")
+    else:
+        print("  CUDA available: no (training runs on CPU: nnUNetv2_train ... -device cpu)")
+
+    _section("selective scan")
+    kernel_ok, kernel_reason = cuda_kernel_status()
+    print(f"  mamba-ssm CUDA kernel imports: {'yes' if kernel_ok else 'no - ' + kernel_reason}")
+    print(f"  {ENV_VAR}={os.environ.get(ENV_VAR, '(unset: auto)')}")
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        try:
+            print(f"  tensors on {device} use the '{resolve_backend(torch.device(device))}' backend")
+        except (RuntimeError, ValueError) as error:
+            problems.append(str(error))
+            print(f"  tensors on {device}: ERROR {error}")
+    if torch.cuda.is_available() and not available_backends()["cuda"] == "":
+        print("  note: on this GPU the pure-PyTorch scan runs; `pip install .[cuda]` builds the faster kernel")
+
+    _section("nnU-Net environment")
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", discovery.ENV_VAR):
+        print(f"  {name}={os.environ.get(name, '(unset)')}")
+    print(f"  our trainers folder: {discovery.trainers_folder()}")
+
+    _section("trainer lookup (nnU-Net's own recursive_find_trainer_class_by_name)")
+    if not discovery.is_configured():
+        problems.append(f"{discovery.ENV_VAR} does not list our trainers folder")
+        print(f"  {discovery.ENV_VAR} does not list our trainers folder; run:\n    eval \"$(nnunet-mamba env)\"")
+    else:
+        for name in discovery.trainer_names():
+            found, error = discovery.find_with_nnunet(name)
+            print(f"  {name}: {'found' if found is not None else 'NOT FOUND - ' + error}")
+            if found is None:
+                problems.append(f"nnU-Net cannot find {name}")
+
+    print()
+    if problems:
+        print("problems:\n" + "\n".join(f"  - {p}" for p in problems))
+        return 1
+    print("all good")
+    return 0

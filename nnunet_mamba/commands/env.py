@@ -1,0 +1,13 @@
+"""``nnunet-mamba env``: print the export line that makes nnU-Net find our trainers."""
+from nnunet_mamba import discovery
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "env", help="print the `export nnUNet_extTrainer=...` line; use as: eval \"$(nnunet-mamba env)\"")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    print(discovery.export_line())
+    return 0

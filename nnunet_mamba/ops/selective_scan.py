@@ -1,0 +1,137 @@
+"""The one selective-scan entry point; picks the mamba-ssm CUDA kernel or the pure-PyTorch scan.
+
+Semantics and shapes follow mamba-ssm's ``selective_scan_fn``:
+
+    delta = softplus(delta + delta_bias)           (bias and softplus optional)
+    x_t   = exp(delta_t * A) * x_{t-1} + delta_t * B_t * u_t,   x_{-1} = 0
+    y_t   = sum_n C_{t,n} x_{t,n};  out = (y + D * u) * silu(z)   (D and z optional)
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional
+
+import torch
+
+from nnunet_mamba.ops.scan_cuda import cuda_kernel_status, selective_scan_cuda
+from nnunet_mamba.ops.scan_torch import selective_scan_torch
+
+ENV_VAR = "NNUNET_MAMBA_SCAN"
+BACKEND_CHOICES = ("auto", "cuda", "torch")
+
+
+def requested_backend(backend: Optional[str] = None) -> str:
+    """The backend asked for by argument, else by NNUNET_MAMBA_SCAN, else 'auto'."""
+    if backend is not None:
+        choice, origin = backend, "backend argument"
+    else:
+        choice, origin = os.environ.get(ENV_VAR, "auto"), f"environment variable {ENV_VAR}"
+    normalized = choice.strip().lower()
+    if normalized not in BACKEND_CHOICES:
+        raise ValueError(
+            f"Invalid selective-scan backend {choice!r} from the {origin}; "
+            f"{ENV_VAR} / backend must be one of {', '.join(BACKEND_CHOICES)}.")
+    return normalized
+
+
+def resolve_backend(device: torch.device, backend: Optional[str] = None) -> str:
+    """'cuda' or 'torch' for tensors on ``device``; raises RuntimeError if 'cuda' is forced but cannot run."""
+    choice = requested_backend(backend)
+    on_cuda = torch.device(device).type == "cuda"
+    if choice == "torch":
+        return "torch"
+    if choice == "auto":
+        return "cuda" if on_cuda and cuda_kernel_status()[0] else "torch"
+    if not on_cuda:
+        raise RuntimeError(
+            f"Selective-scan backend 'cuda' was forced ({ENV_VAR} or backend argument) but the tensors are "
+            f"on device '{device}', and the mamba-ssm kernel only runs on CUDA tensors. Move the model to a "
+            f"GPU, or set {ENV_VAR}=torch (or auto) to use the pure-PyTorch scan.")
+    available, reason = cuda_kernel_status()
+    if not available:
+        raise RuntimeError(
+            f"Selective-scan backend 'cuda' was forced but {reason}. Install the kernel with "
+            f"`pip install .[cuda]` (mamba-ssm, built against your torch and CUDA toolkit), or set "
+            f"{ENV_VAR}=torch (or auto) to use the pure-PyTorch scan.")
+    return "cuda"
+
+
+def available_backends() -> Dict[str, str]:
+    """Backend name -> '' when usable on this machine, else the reason it is not."""
+    cuda_ok, reason = cuda_kernel_status()
+    if cuda_ok and not torch.cuda.is_available():
+        cuda_ok, reason = False, "mamba_ssm imports but no CUDA device is visible"
+    return {"torch": "", "cuda": "" if cuda_ok else reason}
+
+
+def backend_report() -> str:
+    lines = [f"{ENV_VAR}={os.environ.get(ENV_VAR, 'auto')} (choices: {', '.join(BACKEND_CHOICES)})"]
+    for name, reason in available_backends().items():
+        lines.append(f"  {name}: {'available' if not reason else 'unavailable - ' + reason}")
+    return "\n".join(lines)
+
+
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> int:
+    """Validate shapes; returns the number of B/C groups."""
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (batch, dim, L), got shape {tuple(u.shape)}")
+    batch, dim, seq_len = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"selective_scan: delta shape {tuple(delta.shape)} must equal u shape {tuple(u.shape)}")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"selective_scan: A must be (dim={dim}, d_state), got shape {tuple(A.shape)}")
+    if A.is_complex():
+        raise ValueError("selective_scan: complex A is not supported; A must be real")
+    d_state = A.shape[1]
+    groups = None
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() == 3:
+            expected, got_groups = (batch, d_state, seq_len), 1
+        elif t.dim() == 4:
+            expected, got_groups = (batch, t.shape[1], d_state, seq_len), t.shape[1]
+        else:
+            raise ValueError(f"selective_scan: {name} must be (batch, N, L) or (batch, groups, N, L), "
+                             f"got shape {tuple(t.shape)}")
+        if tuple(t.shape) != expected:
+            raise ValueError(f"selective_scan: {name} has shape {tuple(t.shape)}, expected {expected} "
+                             f"(batch={batch}, d_state={d_state}, L={seq_len})")
+        if got_groups < 1 or dim % got_groups:
+            raise ValueError(f"selective_scan: {name} has {got_groups} groups, which must divide dim={dim}")
+        if groups is not None and got_groups != groups:
+            raise ValueError(f"selective_scan: B has {groups} groups but C has {got_groups}; they must match")
+        groups = got_groups
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and tuple(t.shape) != (dim,):
+            raise ValueError(f"selective_scan: {name} must have shape ({dim},), got {tuple(t.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"selective_scan: z shape {tuple(z.shape)} must equal u shape {tuple(u.shape)}")
+    return groups
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend=None):
+    """mamba-ssm ``selective_scan_fn`` semantics; returns (batch, dim, L) in u's dtype.
+
+    Computed in float32 (float64 inputs stay float64) even under autocast. ``backend`` ('auto', 'cuda',
+    'torch') overrides the NNUNET_MAMBA_SCAN environment variable.
+    """
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    chosen = resolve_backend(u.device, backend)
+    out_dtype = u.dtype
+    # half precision loses the long-range decay products, so the scan never runs below float32
+    compute_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+
+    def cast(t):
+        return None if t is None else t.to(compute_dtype)
+
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        args = [cast(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
+        if chosen == "cuda":
+            out = selective_scan_cuda(*args, delta_softplus=delta_softplus)
+        else:
+            u_, delta_, A_, B_, C_, D_, z_, bias_ = args
+            if B_.dim() == 3:
+                B_ = B_.unsqueeze(1)
+            if C_.dim() == 3:
+                C_ = C_.unsqueeze(1)
+            out = selective_scan_torch(u_, delta_, A_, B_, C_, D_, z_, bias_, delta_softplus)
+    return out.to(out_dtype)

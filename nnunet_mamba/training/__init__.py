@@ -1,0 +1,5 @@
+"""Training support shared by the nnU-Net trainers in the ``trainers/`` folder."""
+from nnunet_mamba.training.lr_scheduler import CosineAnnealingLRScheduler
+from nnunet_mamba.training.trainer_base import MambaTrainerBase
+
+__all__ = ["CosineAnnealingLRScheduler", "MambaTrainerBase"]

@@ -1,0 +1,30 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+# two cores: more threads than that only fight each other
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def nnunet_workspace(tmp_path_factory):
+    """A synthetic dataset, planned and preprocessed for 2d and 3d_fullres by the stock nnU-Net command."""
+    from e2e_support import prepared_workspace
+
+    root = tmp_path_factory.mktemp("nnunet")
+    log = open(root / "commands.log", "a")
+    try:
+        yield prepared_workspace(root, log)
+    finally:
+        log.close()

@@ -1,0 +1,49 @@
+"""The stock nnU-Net commands, run as subprocesses, with our trainers: plan, train, resume, predict, evaluate."""
+import json
+import re
+
+import pytest
+import torch
+
+from e2e_support import DATASET_ID
+
+TRAINER = "nnUNetTrainerVMUNetTest"
+
+
+def _epochs_in_log(output_folder, newest_only=True):
+    logs = sorted(output_folder.glob("training_log_*.txt"))
+    texts = [logs[-1].read_text()] if newest_only else [p.read_text() for p in logs]
+    return [int(m) for text in texts for m in re.findall(r"^\S+ \S+: Epoch (\d+)\s*$", text, flags=re.M)]
+
+
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_train_resume_predict_evaluate(nnunet_workspace, configuration, monkeypatch):
+    workspace = nnunet_workspace
+    output = workspace.trainer_output(DATASET_ID, configuration, 0, TRAINER)
+
+    # a run stopped after 2 epochs ...
+    workspace.extra_env["NNUNET_MAMBA_TEST_EPOCHS"] = "2"
+    workspace.train(DATASET_ID, configuration, 0, TRAINER)
+    first = torch.load(output / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert first["current_epoch"] == 2  # epochs done
+    assert first["init_args"]["configuration"] == configuration
+
+    # ... continues with --c from the saved epoch instead of starting over
+    workspace.extra_env["NNUNET_MAMBA_TEST_EPOCHS"] = "8"
+    workspace.train(DATASET_ID, configuration, 0, TRAINER, resume=True)
+    assert _epochs_in_log(output) == [2, 3, 4, 5, 6, 7]
+    final = torch.load(output / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 8
+    assert final["trainer_name"] == TRAINER
+    assert any(k.startswith("decoder.deep_heads") for k in final["network_weights"])
+
+    dataset = workspace.dataset_folder(DATASET_ID)
+    predictions = workspace.root / f"pred_{configuration}"
+    workspace.predict(DATASET_ID, configuration, 0, TRAINER, dataset / "imagesTs", predictions)
+    summary = workspace.evaluate(dataset / "labelsTs", predictions, DATASET_ID)
+    dice = {label: values["Dice"] for label, values in summary["mean"].items()}
+    # an empty prediction scores 0 on both labels and a random one about 0.1; a network that learned scores far above
+    assert min(dice["1"], dice["2"]) > 0.25 and (dice["1"] + dice["2"]) / 2 > 0.4, dice
+
+    validation = json.loads((output / "validation" / "summary.json").read_text())
+    assert validation["foreground_mean"]["Dice"] > 0.3, validation["foreground_mean"]
