@@ -15,5 +15,9 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/python" -m pip install -q -r "$repo/requirements-cpu.txt" >&2
   touch "$venv/.complete"
 fi
-"$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$repo" >&2
+# setuptools prints a long notice on every editable install: show pip's output only when it fails
+if ! output=$("$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$repo" 2>&1); then
+  echo "$output" >&2
+  exit 1
+fi
 echo "$venv"

@@ -40,7 +40,7 @@ def run(args) -> int:
         except (RuntimeError, ValueError) as error:
             problems.append(str(error))
             print(f"  tensors on {device}: ERROR {error}")
-    if torch.cuda.is_available() and not available_backends()["cuda"] == "":
+    if torch.cuda.is_available() and available_backends()["cuda"]:
         print("  note: on this GPU the pure-PyTorch scan runs; `pip install .[cuda]` builds the faster kernel")
 
     _section("nnU-Net environment")
