@@ -21,6 +21,10 @@ setup(
         "nnunetv2>=2.8.1,<2.9",
         "numpy",
         "monai>=1.4,<1.7",
+        "SimpleITK",
+        "pillow",
+        "matplotlib",
+        "tqdm",
     ],
     extras_require={
         # compile CUDA kernels at install time; needs a CUDA toolkit and a CUDA build of torch

@@ -44,9 +44,8 @@ def test_train_resume_predict_evaluate(nnunet_workspace, configuration, monkeypa
     workspace.predict(DATASET_ID, configuration, 0, TRAINER, dataset / "imagesTs", predictions)
     summary = workspace.evaluate(dataset / "labelsTs", predictions, DATASET_ID)
     dice = {label: values["Dice"] for label, values in summary["mean"].items()}
-    # an empty prediction scores 0 on both labels and a random one about 0.1; after these few hundred
-    # iterations the bright sphere is found (seen: 0.49-0.53) and the mean is well above chance (0.36-0.38)
-    assert dice["1"] > 0.3 and (dice["1"] + dice["2"]) / 2 > 0.25, dice
+    # an empty prediction scores 0 on both labels; a network that learned scores clearly above it
+    assert min(dice["1"], dice["2"]) > 0.1 and (dice["1"] + dice["2"]) / 2 > 0.3, dice
 
     validation = json.loads((output / "validation" / "summary.json").read_text())
     assert validation["foreground_mean"]["Dice"] > 0.3, validation["foreground_mean"]

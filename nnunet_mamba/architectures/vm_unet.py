@@ -223,15 +223,14 @@ class VMUNet(AbstractDynamicNetworkArchitectures):
         """
         if len(input_size) != self.spatial_dims:
             raise ValueError(f"input size {list(input_size)} does not match {self.spatial_dims}D")
-        num_directions = 2 * self.spatial_dims
-        per_block = lambda dim: dim * (1 + 4 + 2 * num_directions * 2 + 2)  # noqa: E731
+        activations_per_channel = 1 + 4 + 2 * (2 * self.spatial_dims) * 2 + 2
         tokens = np.array(input_size, dtype=np.int64)
         total = 0
         for level in range(NUM_LEVELS):
             tokens = tokens // np.array(self.strides[level])
             n = int(np.prod(tokens))
             blocks = self.depths[0][level] + self.depths[1][NUM_LEVELS - 1 - level]
-            total += n * blocks * per_block(self.dims[level])
+            total += n * blocks * self.dims[level] * activations_per_channel
             total += n * self.dims[level] * 2  # merge/expand outputs
         total += int(np.prod(input_size)) * (self.dims[0] // 4)  # final expanding
         return int(total)
