@@ -45,10 +45,11 @@ def test_train_resume_predict_evaluate(nnunet_workspace, configuration, monkeypa
     summary = workspace.evaluate(dataset / "labelsTs", predictions, DATASET_ID)
     dice = {label: values["Dice"] for label, values in summary["mean"].items()}
     # an empty prediction scores 0 on both labels; a network that learned scores clearly above it
-    assert min(dice["1"], dice["2"]) > 0.1 and (dice["1"] + dice["2"]) / 2 > 0.3, dice
+    # (seen on 2 cores: 2d 0.72 / 0.71, 3d_fullres 0.62 / 0.58)
+    assert min(dice["1"], dice["2"]) > 0.2 and (dice["1"] + dice["2"]) / 2 > 0.4, dice
 
     validation = json.loads((output / "validation" / "summary.json").read_text())
-    assert validation["foreground_mean"]["Dice"] > 0.3, validation["foreground_mean"]
+    assert validation["foreground_mean"]["Dice"] > 0.4, validation["foreground_mean"]  # seen: 0.76, 0.66
 
 
 def test_find_best_configuration_over_our_trained_models(nnunet_workspace):

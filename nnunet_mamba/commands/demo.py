@@ -47,7 +47,7 @@ def run(args) -> int:
             return result
 
         try:
-            dataset = step("synthetic dataset (sphere = 1, cube = 2)",
+            dataset = step("synthetic dataset (bright sphere = 1, dark cube = 2)",
                            lambda: make_synthetic_dataset(workspace.raw, DEMO_DATASET_ID)
                            if not list(workspace.raw.glob(f"Dataset{DEMO_DATASET_ID}_*"))
                            else workspace.dataset_folder(DEMO_DATASET_ID))

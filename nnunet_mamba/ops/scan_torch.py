@@ -149,6 +149,27 @@ class _ScanStates:
         return lam
 
 
+class _ChunkedInputs:
+    """The scan inputs reshaped to (T, n_chunks, ...) once, and the channel slabs cut from them."""
+
+    def __init__(self, u, delta, B, C):
+        self.batch, self.dim, self.seq_len = u.shape
+        self.groups, self.d_state = B.shape[1], B.shape[2]
+        self.chunk = chunk_length(self.seq_len)
+        self.n_chunks = -(-self.seq_len // self.chunk)
+        self.u, self.delta = _to_chunks(u, self.chunk, self.n_chunks), _to_chunks(delta, self.chunk, self.n_chunks)
+        self.B, self.C = _to_chunks(B, self.chunk, self.n_chunks), _to_chunks(C, self.chunk, self.n_chunks)
+        self.workspace = _Workspace(u)
+
+    def slabs(self, A, slab_elements: int):
+        """Yield (group, first channel, end channel, _ScanStates) for every slab."""
+        for group, first, end in _slabs(self.dim, self.groups, self.batch, self.d_state,
+                                        self.chunk * self.n_chunks, slab_elements):
+            yield group, first, end, _ScanStates(
+                self.delta[..., first:end], self.u[..., first:end], A[first:end],
+                self.B[:, :, :, group:group + 1], self.C[:, :, :, group:group + 1], self.workspace)
+
+
 class SelectiveScanCore(torch.autograd.Function):
     """y_t = sum_n C_t,n x_t,n with x_t = exp(delta_t A) x_{t-1} + delta_t B_t u_t.
 
@@ -159,40 +180,24 @@ class SelectiveScanCore(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, slab_elements: int = DEFAULT_SLAB_ELEMENTS):
         ctx.save_for_backward(u, delta, A, B, C)
         ctx.slab_elements = slab_elements
-        batch, dim, seq_len = u.shape
-        groups, d_state = B.shape[1], B.shape[2]
-        chunk = chunk_length(seq_len)
-        n_chunks = -(-seq_len // chunk)
-        delta_c, u_c = _to_chunks(delta, chunk, n_chunks), _to_chunks(u, chunk, n_chunks)
-        B_c, C_c = _to_chunks(B, chunk, n_chunks), _to_chunks(C, chunk, n_chunks)
-        y_c = torch.empty_like(u_c)
-        workspace = _Workspace(u)
-        for group, first, end in _slabs(dim, groups, batch, d_state, chunk * n_chunks, slab_elements):
-            slab = _ScanStates(
-                delta_c[..., first:end], u_c[..., first:end], A[first:end],
-                B_c[:, :, :, group:group + 1], C_c[:, :, :, group:group + 1], workspace)
+        chunked = _ChunkedInputs(u, delta, B, C)
+        y_c = torch.empty_like(chunked.u)
+        for _, first, end, slab in chunked.slabs(A, slab_elements):
             x = slab.states(slab.decays(), slab.inputs("x"))
             y_c[..., first:end] = torch.matmul(x, slab.C.transpose(-1, -2)).squeeze(-1)
-        return _from_chunks(y_c, seq_len)
+        return _from_chunks(y_c, chunked.seq_len)
 
     @staticmethod
     def backward(ctx, grad_y):
         u, delta, A, B, C = ctx.saved_tensors
-        batch, dim, seq_len = u.shape
-        groups, d_state = B.shape[1], B.shape[2]
-        chunk = chunk_length(seq_len)
-        n_chunks = -(-seq_len // chunk)
-        delta_c, u_c = _to_chunks(delta, chunk, n_chunks), _to_chunks(u, chunk, n_chunks)
-        B_c, C_c = _to_chunks(B, chunk, n_chunks), _to_chunks(C, chunk, n_chunks)
-        gy_c = _to_chunks(grad_y.to(u.dtype), chunk, n_chunks)
+        chunked = _ChunkedInputs(u, delta, B, C)
+        seq_len, workspace = chunked.seq_len, chunked.workspace
+        delta_c, u_c, B_c, C_c = chunked.delta, chunked.u, chunked.B, chunked.C
+        gy_c = _to_chunks(grad_y.to(u.dtype), chunked.chunk, chunked.n_chunks)
         grad_u_c, grad_delta_c = torch.empty_like(u_c), torch.empty_like(delta_c)
         grad_A = torch.empty_like(A)
         grad_B_c, grad_C_c = torch.zeros_like(B_c), torch.zeros_like(C_c)
-        workspace = _Workspace(u)
-        for group, first, end in _slabs(dim, groups, batch, d_state, chunk * n_chunks, ctx.slab_elements):
-            slab = _ScanStates(
-                delta_c[..., first:end], u_c[..., first:end], A[first:end],
-                B_c[:, :, :, group:group + 1], C_c[:, :, :, group:group + 1], workspace)
+        for group, first, end, slab in chunked.slabs(A, ctx.slab_elements):
             gy = gy_c[..., first:end].unsqueeze(-2)  # (T, chunks, batch, 1, channels)
             a = slab.decays()
             b = slab.inputs("b")
