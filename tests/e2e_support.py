@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from nnunet_mamba import discovery
 from nnunet_mamba.pipeline import NnUNetWorkspace
 from nnunet_mamba.synthetic import make_synthetic_dataset
@@ -21,3 +23,16 @@ def prepared_workspace(root: Path, log) -> NnUNetWorkspace:
     make_synthetic_dataset(workspace.raw, DATASET_ID, name="MambaTest")
     workspace.plan_and_preprocess(DATASET_ID, ["2d", "3d_fullres"])
     return workspace
+
+
+def random_training_batch(trainer, generator: torch.Generator, num_labels: int = 3) -> dict:
+    """A batch shaped like the trainer's data loader output: data and (deep-supervision) targets."""
+    patch = trainer.configuration_manager.patch_size
+    data = torch.randn(trainer.batch_size, 1, *patch, generator=generator)
+    seg = torch.randint(0, num_labels, (trainer.batch_size, 1, *patch), generator=generator).float()
+    scales = trainer._get_deep_supervision_scales()
+    if scales is None:
+        return {"data": data, "target": seg}
+    targets = [torch.nn.functional.interpolate(seg, size=[round(p * s) for p, s in zip(patch, scale)],
+                                               mode="nearest-exact") for scale in scales]
+    return {"data": data, "target": targets}

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from e2e_support import DATASET_ID, ext_trainer_paths
+from e2e_support import DATASET_ID, ext_trainer_paths, random_training_batch
 
 
 def _cpu_ddp(module, device_ids=None, **kwargs):
@@ -14,7 +14,8 @@ def _cpu_ddp(module, device_ids=None, **kwargs):
     return torch.nn.parallel.DistributedDataParallel(module, **kwargs)
 
 
-def _worker(rank: int, world_size: int, init_file: str, env: dict, result_file: str):
+def _worker(rank: int, world_size: int, init_file: str, env: dict, result_file: str, trainer_name: str,
+            deep_supervision: bool):
     os.environ.update(env)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
@@ -25,41 +26,44 @@ def _worker(rank: int, world_size: int, init_file: str, env: dict, result_file: 
 
         trainer_module.DDP = _cpu_ddp
         preprocessed = os.path.join(env["nnUNet_preprocessed"], env["DATASET_NAME"])
-        trainer_class = recursive_find_trainer_class_by_name("nnUNetTrainerVMUNetQuick")
+        trainer_class = recursive_find_trainer_class_by_name(trainer_name)
         plans = load_json(os.path.join(preprocessed, "nnUNetPlans.json"))
         plans["continue_training"] = False  # nnUNetv2_train adds this before building the trainer
         trainer = trainer_class(plans, "2d", 0, load_json(os.path.join(preprocessed, "dataset.json")),
                                 torch.device("cpu"))
         # under DDP nnU-Net assumes one GPU per rank; this test is the CPU/gloo rendition of the same code path
         trainer.device, trainer.grad_scaler = torch.device("cpu"), None
+        trainer.enable_deep_supervision = deep_supervision
         trainer.initialize()
         assert trainer.is_ddp and isinstance(trainer.network, torch.nn.parallel.DistributedDataParallel)
-        patch = trainer.configuration_manager.patch_size
         generator = torch.Generator().manual_seed(rank)  # each rank sees different data
         losses = []
         for _ in range(2):  # a parameter without gradient makes DDP fail at the second step
-            data = torch.randn(trainer.batch_size, 1, *patch, generator=generator)
-            seg = torch.randint(0, 3, (trainer.batch_size, 1, *patch), generator=generator).float()
-            targets = [torch.nn.functional.interpolate(seg, size=[round(p * s) for p, s in zip(patch, scale)],
-                                                       mode="nearest-exact")
-                       for scale in trainer._get_deep_supervision_scales()]
-            losses.append(float(trainer.train_step({"data": data, "target": targets})["loss"]))
-        flat = torch.cat([p.detach().flatten() for p in trainer.network.parameters()])
+            losses.append(float(trainer.train_step(random_training_batch(trainer, generator))["loss"]))
+        # network and training-only heads (DSVM-UNet) alike
+        flat = torch.cat([p.detach().flatten() for p in trainer.trainable_parameters()])
         gathered = [torch.zeros_like(flat) for _ in range(world_size)]
         dist.all_gather(gathered, flat)
         if rank == 0:
-            torch.save({"losses": losses, "max_param_difference": float((gathered[0] - gathered[1]).abs().max())},
-                       result_file)
+            torch.save({"losses": losses, "max_param_difference": float((gathered[0] - gathered[1]).abs().max()),
+                        "parameters": flat.numel()}, result_file)
     finally:
         dist.destroy_process_group()
 
 
-def test_two_process_gloo_train_steps_keep_replicas_identical(nnunet_workspace, tmp_path):
+@pytest.mark.parametrize("trainer_name, deep_supervision", [
+    ("nnUNetTrainerVMUNetQuick", True),
+    ("nnUNetTrainerVMUNetQuick", False),  # the decoder's deep heads then get no gradient
+    ("nnUNetTrainerDSVMUNetQuick", True),  # distillation heads in their own DDP wrapper
+])
+def test_two_process_gloo_train_steps_keep_replicas_identical(nnunet_workspace, tmp_path, trainer_name,
+                                                               deep_supervision):
     env = nnunet_workspace.env()
     env["nnUNet_extTrainer"] = ext_trainer_paths()
     env["DATASET_NAME"] = nnunet_workspace.dataset_folder(DATASET_ID).name
     result_file = str(tmp_path / "result.pt")
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), env, result_file), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), env, result_file, trainer_name, deep_supervision),
+             nprocs=2, join=True)
     result = torch.load(result_file)
     assert all(torch.isfinite(torch.tensor(result["losses"])))
     # gradients were averaged across ranks: both replicas took the same optimiser step

@@ -187,6 +187,19 @@ class VMUNet(AbstractDynamicNetworkArchitectures):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def level_feature_modules(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        """The modules whose outputs are the level features f_1..f_4 of the encoder and of the decoder.
+
+        Shallowest (H/4) level first in both lists; outputs are channels-last ``(batch, *spatial, dims[l])``
+        on the internally padded grid. Auxiliary losses (self-distillation) hook these modules, so the
+        network's forward and its inference cost stay those of VM-UNet.
+        """
+        return list(self.encoder.stages), list(self.decoder.stages)[::-1]
+
+    def level_strides(self) -> list[tuple[int, ...]]:
+        """Per-axis stride from level l to level l + 1 (the three patch mergings)."""
+        return list(self.strides[1:])
+
     def deep_supervision_scales(self) -> list[list[float]]:
         """Scale of every deep-supervision output per axis, relative to the input, highest resolution first."""
         level_strides = np.cumprod(self.strides, axis=0)  # stride of decoder level l = stride of encoder level l

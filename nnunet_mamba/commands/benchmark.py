@@ -1,24 +1,31 @@
-"""``nnunet-mamba benchmark scan|network``: time and measure the selective-scan backends or a network's train step."""
+"""``nnunet-mamba benchmark scan|network|flops``: time the selective-scan backends or a network's train step,
+or count a network's FLOPs (selective scan included)."""
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "benchmark", help="time forward+backward and peak memory of the scan backends (scan) or a network (network)")
-    parser.add_argument("what", choices=["scan", "network"], help="what to benchmark")
+        "benchmark", help="time forward+backward and peak memory of the scan backends (scan) or a network (network), "
+                          "or count a network's parameters and FLOPs/MACs, selective scan included (flops)")
+    parser.add_argument("what", choices=["scan", "network", "flops"], help="what to benchmark")
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384],
                         help="scan: sequence lengths L (default: 1024 4096 16384)")
     parser.add_argument("--dim", type=int, default=192, help="scan: channels (default: 192)")
     parser.add_argument("--d-state", type=int, default=16, help="scan: state size N (default: 16)")
     parser.add_argument("--groups", type=int, default=4, help="scan: B/C groups, i.e. scan directions (default: 4)")
-    parser.add_argument("--batch", type=int, default=None, help="batch size (default: scan 1, network 8)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: scan 1, network 8, flops 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up (default: 5)")
     parser.add_argument("--no-mambapy", action="store_true", help="scan: skip the mambapy comparison")
     parser.add_argument("--threads", type=int, default=None,
                         help="scan: torch threads in each measurement (default: torch's default)")
-    parser.add_argument("--network", default="vm_unet", help="network: registry name (default: vm_unet)")
+    parser.add_argument("--network", default="vm_unet", help="network, flops: registry name (default: vm_unet)")
     parser.add_argument("--patch", type=int, nargs="+", default=[256, 256],
-                        help="network: patch size, 2 or 3 numbers (default: 256 256)")
+                        help="network, flops: patch size, 2 or 3 numbers (default: 256 256)")
+    # defaults are VM-UNet's published setting (RGB skin-lesion images, one foreground class)
+    parser.add_argument("--input-channels", type=int, default=3, help="flops: input channels (default: 3)")
+    parser.add_argument("--num-classes", type=int, default=1, help="flops: output channels (default: 1)")
+    parser.add_argument("--distillation", action="store_true",
+                        help="flops: also count DSVM-UNet's training-only self-distillation heads")
     parser.add_argument("--backends", nargs="+", default=["auto"], choices=["auto", "cuda", "torch"],
                         help="network: scan backends to compare (default: auto)")
     parser.add_argument("--no-amp", action="store_true", help="network: float32 instead of bf16 autocast on CUDA")
@@ -26,6 +33,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    if args.what == "flops":
+        return _run_flops(args)
     if args.what == "network":
         from nnunet_mamba.benchmarks.network import format_network_table, run_network_benchmark
 
@@ -41,3 +50,60 @@ def run(args) -> int:
         repeats=args.repeats, device=args.device, include_mambapy=not args.no_mambapy,
         include_cuda=args.device.startswith("cuda"), threads=args.threads)
     return 1 if any("error" in row for row in rows) else 0
+
+
+def _run_flops(args) -> int:
+    import sys
+
+    import torch
+    from torch import nn
+
+    from nnunet_mamba.architectures import NETWORKS
+    from nnunet_mamba.benchmarks.flops import CONVOLUTION, LINEAR, SELECTIVE_SCAN, count_flops, format_flops_table
+
+    if args.network not in NETWORKS:
+        print(f"unknown network {args.network!r}; known: {', '.join(sorted(NETWORKS))}", file=sys.stderr)
+        return 2
+    if len(args.patch) not in (2, 3):
+        print(f"--patch needs 2 or 3 numbers, got {args.patch}", file=sys.stderr)
+        return 2
+    conv_op = nn.Conv3d if len(args.patch) == 3 else nn.Conv2d
+    batch = args.batch or 1
+    torch.manual_seed(0)
+    model = NETWORKS[args.network].network_class(args.input_channels, args.num_classes, conv_op=conv_op)
+    model = model.to(args.device).eval()
+    x = torch.randn(batch, args.input_channels, *args.patch, device=args.device)
+    report = count_flops(model, x)
+
+    macs = report.macs_by_category
+    print(f"{args.network}: input {batch}x{args.input_channels}x{'x'.join(map(str, args.patch))}, "
+          f"{args.num_classes} output channels, {len(args.patch)}D, forward pass")
+    print(f"parameters: {report.parameters / 1e6:.2f} M ({report.parameters:,})")
+    print(f"total: {report.gmacs:.3f} GMACs (multiply-accumulates, what VMamba/VM-UNet papers call FLOPs) = "
+          f"{report.gflops:.3f} GFLOPs (multiply and add counted separately)")
+    print(f"without the selective scan: {(report.total_macs - macs[SELECTIVE_SCAN]) / 1e9:.3f} GMACs; "
+          f"convolutions and nn.Linear only: {(macs[CONVOLUTION] + macs[LINEAR]) / 1e9:.3f} GMACs")
+    print(format_flops_table({args.network: report}))
+    if args.distillation:
+        _print_distillation_flops(model, x, report)
+    print(f"selective scan: {len(report.scan_calls)} calls, VMamba's analytic count (9*B*L*D*N + B*D*L for D "
+          f"+ B*D*L for z). Not counted: elementwise ops, norms, activations, data movement.")
+    return 0
+
+
+def _print_distillation_flops(model, x, network_report) -> None:
+    import torch
+
+    from nnunet_mamba.benchmarks.flops import count_flops
+    from nnunet_mamba.distillation import DualSelfDistillation, LevelFeatureTap
+
+    with torch.no_grad(), LevelFeatureTap(*model.level_feature_modules()) as levels:
+        model(x)
+    for label, options in (("both", {}), ("projection only", {"progressive": False}),
+                           ("progressive only", {"projection": False})):
+        heads = DualSelfDistillation.for_network(model, **options).to(x.device)
+        report = count_flops(heads, levels.encoder, levels.decoder)
+        print(f"DSVM-UNet training ({label}): heads {report.parameters / 1e6:.2f} M parameters, "
+              f"{report.gmacs:.3f} GMACs; network + heads {(network_report.parameters + report.parameters) / 1e6:.2f} M, "
+              f"{network_report.gmacs + report.gmacs:.3f} GMACs = "
+              f"{network_report.gflops + report.gflops:.3f} GFLOPs (forward; inference is the network alone)")

@@ -8,8 +8,10 @@ Semantics and shapes follow mamba-ssm's ``selective_scan_fn``:
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Dict, Iterator, List, Optional
 
 import torch
 
@@ -108,6 +110,52 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> int:
     return groups
 
 
+@dataclass(frozen=True)
+class ScanCall:
+    """The shapes of one :func:`selective_scan` call: u is (batch, dim, length), A is (dim, d_state)."""
+
+    batch: int
+    dim: int
+    length: int
+    d_state: int
+    has_D: bool
+    has_z: bool
+
+
+ScanObserver = Callable[[ScanCall], Optional[ContextManager]]
+# Modules import ``selective_scan`` by name, so wrapping the function cannot see their calls; tools that
+# need every call (the FLOP counter) register here instead.
+_scan_observers: List[ScanObserver] = []
+
+
+@contextlib.contextmanager
+def observe_scan_calls(observer: ScanObserver) -> Iterator[None]:
+    """Within the block, call ``observer(ScanCall)`` at every selective_scan call.
+
+    If the observer returns a context manager, the scan's computation runs inside it (e.g. to keep an op
+    counter from also counting the scan's internal matmuls).
+    """
+    _scan_observers.append(observer)
+    try:
+        yield
+    finally:
+        _scan_observers.remove(observer)
+
+
+def _notify_observers(u, A, D, z) -> ContextManager:
+    if not _scan_observers:
+        return contextlib.nullcontext()
+    call = ScanCall(batch=u.shape[0], dim=u.shape[1], length=u.shape[2], d_state=A.shape[1],
+                    has_D=D is not None, has_z=z is not None)
+    with contextlib.ExitStack() as contexts:
+        for observer in list(_scan_observers):
+            context = observer(call)
+            if context is not None:
+                contexts.enter_context(context)
+        # entered contexts are exited here only if a later observer raised
+        return contexts.pop_all()
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend=None):
     """mamba-ssm ``selective_scan_fn`` semantics; returns (batch, dim, L) in u's dtype.
 
@@ -123,7 +171,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     def cast(t):
         return None if t is None else t.to(compute_dtype)
 
-    with torch.autocast(device_type=u.device.type, enabled=False):
+    with _notify_observers(u, A, D, z), torch.autocast(device_type=u.device.type, enabled=False):
         args = [cast(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
         if chosen == "cuda":
             out = selective_scan_cuda(*args, delta_softplus=delta_softplus)

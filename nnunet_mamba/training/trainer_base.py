@@ -5,6 +5,8 @@ nnU-Net rebuilds trainers from checkpoints with the recorded ``init_args`` of th
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch._dynamo import OptimizedModule
@@ -18,6 +20,9 @@ COMPILE_DISABLED_REASON = (
     "function (chunked PyTorch loops or the mamba-ssm CUDA kernel), which the compiler can only break the "
     "graph around, for long compile times and little gain."
 )
+
+#: path of a local VMamba v0 ImageNet checkpoint to initialise the network from (see _maybe_load_pretrained)
+PRETRAINED_ENV_VAR = "NNUNET_MAMBA_PRETRAINED"
 
 
 class MambaTrainerBase(nnUNetTrainer):
@@ -34,6 +39,8 @@ class MambaTrainerBase(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        # nnU-Net's constructor consumes this flag; a resumed run's checkpoint replaces any initial weights
+        self._resuming = bool(plans.get("continue_training", False))
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = 1e-3
         self.weight_decay = 1e-2
@@ -47,6 +54,20 @@ class MambaTrainerBase(nnUNetTrainer):
             raise TypeError(f"{cls.__name__} does not name a network (set the class attribute network_name)")
         return build_network(cls.network_name, configuration_manager, num_input_channels, num_output_channels,
                              enable_deep_supervision, **cls.network_overrides)
+
+    def initialize(self):
+        super().initialize()
+        if not self._resuming:
+            self._maybe_load_pretrained()
+        if self.is_ddp and not self.enable_deep_supervision:
+            # without deep supervision the decoder's deep heads get no gradient, and DDP without
+            # find_unused_parameters fails at the second step; nnU-Net wraps without it, so re-wrap
+            self.network = DistributedDataParallel(self.network.module, device_ids=self.ddp_device_ids,
+                                                   find_unused_parameters=True)
+
+    @property
+    def ddp_device_ids(self) -> list[int] | None:
+        return [self.local_rank] if self.device.type == "cuda" else None
 
     @property
     def bare_network(self) -> torch.nn.Module:
@@ -71,8 +92,97 @@ class MambaTrainerBase(nnUNetTrainer):
             self.print_to_log_file(COMPILE_DISABLED_REASON)
         return False
 
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimiser updates and gradient clipping sees; trainers with training-only heads add theirs."""
+        return list(self.network.parameters())
+
+    def extra_checkpoint_state(self) -> dict:
+        """Entries saved next to nnU-Net's in every checkpoint (training-only modules, for instance)."""
+        return {}
+
+    def restore_extra_checkpoint_state(self, checkpoint: dict) -> None:
+        """Counterpart of :meth:`extra_checkpoint_state`, called before nnU-Net restores its own entries."""
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint plus :meth:`extra_checkpoint_state`, written atomically.
+
+        nnU-Net writes in place, so an interrupted save leaves a truncated file that ``--c`` then fails
+        on; here the file appears only once complete.
+        """
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        checkpoint = {
+            "network_weights": self.bare_network.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            **self.extra_checkpoint_state(),
+        }
+        # next to the target (same file system, so the rename is atomic), created like any other file
+        partial = os.path.join(os.path.dirname(os.path.abspath(filename)),
+                               f".{os.path.basename(filename)}.partial-{os.getpid()}")
+        try:
+            torch.save(checkpoint, partial)
+            os.replace(partial, filename)
+        except BaseException:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's resume logic (which in 2.8 cannot take an already loaded dict) plus the extra state."""
+        if not self.was_initialized:
+            self.initialize()
+        checkpoint = filename_or_checkpoint
+        if isinstance(checkpoint, str):
+            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        network = self.bare_network
+        own_keys = network.state_dict().keys()
+        weights = {key[len("module."):] if key not in own_keys and key.startswith("module.") else key: value
+                   for key, value in checkpoint["network_weights"].items()}
+        network.load_state_dict(weights)
+        self.restore_extra_checkpoint_state(checkpoint)
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                               self.inference_allowed_mirroring_axes)
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay,
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.initial_lr, weight_decay=self.weight_decay,
                                       betas=(0.9, 0.999), eps=1e-8)
         scheduler = CosineAnnealingLRScheduler(optimizer, self.initial_lr, self.min_lr, self.num_epochs)
         return optimizer, scheduler
+
+    # --- optional initialisation from a VMamba ImageNet checkpoint (NNUNET_MAMBA_PRETRAINED) ---------------
+
+    def _maybe_load_pretrained(self):
+        """Initialise the network from the VMamba checkpoint named by ``NNUNET_MAMBA_PRETRAINED``, if set.
+
+        Meant for a fresh run, once the network exists (a resumed run's checkpoint overwrites it anyway).
+        Every DDP rank reads the same file, so the replicas stay identical. Returns the report, or None.
+        """
+        path = os.environ.get(PRETRAINED_ENV_VAR, "").strip()
+        if not path:
+            return None
+        # imported here so that runs without the variable never touch the checkpoint-mapping code
+        from nnunet_mamba.pretrained import load_vmamba_pretrained
+
+        try:
+            report = load_vmamba_pretrained(self.bare_network, path)
+        except (FileNotFoundError, ValueError, TypeError) as error:
+            raise type(error)(f"{PRETRAINED_ENV_VAR}={path!r}: {error}") from error
+        self.print_to_log_file(f"{PRETRAINED_ENV_VAR}: {report.summary()}")
+        return report

@@ -1,0 +1,13 @@
+"""Training-time feature distillation: heads and losses that never enter the inference network."""
+from nnunet_mamba.distillation.dual_self_distillation import (
+    PROGRESSIVE,
+    PROJECTION,
+    DualSelfDistillation,
+    ProgressiveHead,
+    ProjectionHead,
+    feature_mse,
+)
+from nnunet_mamba.distillation.features import LevelFeatureTap
+
+__all__ = ["PROGRESSIVE", "PROJECTION", "DualSelfDistillation", "LevelFeatureTap", "ProgressiveHead",
+           "ProjectionHead", "feature_mse"]

@@ -1,0 +1,193 @@
+"""The FLOP counter: hand-computed layer counts, the scan counted once, and the CLI."""
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from nnunet_mamba.architectures import VMUNet
+from nnunet_mamba.benchmarks.flops import (CONVOLUTION, LINEAR, MATMUL, OTHER, SELECTIVE_SCAN, count_flops,
+                                           format_flops_table, selective_scan_macs)
+from nnunet_mamba.cli import main
+from nnunet_mamba.ops import selective_scan
+from nnunet_mamba.ops.selective_scan import _scan_observers, observe_scan_calls
+
+
+def _only(report, category):
+    """The other categories are zero; returns the MACs of ``category``."""
+    others = {c: v for c, v in report.macs_by_category.items() if c != category}
+    assert all(v == 0 for v in others.values()), others
+    return report.macs_by_category[category]
+
+
+def test_linear_counts_in_features_times_output_elements():
+    layer = nn.Linear(8, 5)
+    report = count_flops(layer, torch.randn(3, 8))
+    assert _only(report, LINEAR) == 3 * 5 * 8
+    assert report.total_flops == 2 * 3 * 5 * 8
+    assert report.parameters == 8 * 5 + 5
+
+
+def test_convolutions_count_output_elements_times_kernel_volume_times_group_inputs():
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    report = count_flops(conv, torch.randn(2, 3, 10, 10))
+    assert _only(report, CONVOLUTION) == 2 * 4 * 10 * 10 * (3 * 3 * 3)
+    assert report.total_flops == 2 * report.total_macs
+
+    depthwise = nn.Conv3d(4, 4, 3, groups=4)
+    report = count_flops(depthwise, torch.randn(1, 4, 6, 6, 6))
+    assert _only(report, CONVOLUTION) == 4 * 4 * 4 * 4 * (1 * 27)
+
+
+class Functional(nn.Module):
+    def forward(self, x, weight):
+        return torch.einsum("bi,ij->bj", x, weight) + F.linear(x, weight.t())
+
+
+def test_matmuls_outside_linear_modules_are_their_own_category():
+    report = count_flops(Functional(), torch.randn(2, 3), torch.randn(3, 4))
+    assert _only(report, MATMUL) == 2 * (2 * 3 * 4)
+
+
+class ScanOnly(nn.Module):
+    def __init__(self, use_z: bool):
+        super().__init__()
+        self.use_z = use_z
+
+    def forward(self, u, delta, A, B, C, D, z):
+        return selective_scan(u, delta, A, B, C, D=D, z=z if self.use_z else None, delta_softplus=True,
+                              backend="torch")
+
+
+def _scan_inputs(batch=2, dim=8, length=40, d_state=4, groups=2):
+    generator = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    return (randn(batch, dim, length), randn(batch, dim, length) - 2, -torch.exp(randn(dim, d_state)),
+            randn(batch, groups, d_state, length), randn(batch, groups, d_state, length), randn(dim),
+            randn(batch, dim, length))
+
+
+@pytest.mark.parametrize("use_z", [False, True])
+def test_the_scan_is_counted_once_analytically_and_its_internals_not_at_all(use_z):
+    inputs = _scan_inputs()
+    module = ScanOnly(use_z)
+    # the torch backend does real matmuls inside, so a plain FlopCounterMode sees them
+    with torch.no_grad(), FlopCounterMode(display=False) as plain:
+        module(*inputs)
+    assert plain.get_total_flops() > 0
+
+    report = count_flops(module, *inputs)
+    expected = 9 * 2 * 40 * 8 * 4 + 2 * 8 * 40 + (2 * 8 * 40 if use_z else 0)
+    assert _only(report, SELECTIVE_SCAN) == expected
+    assert report.total_macs == expected and report.total_flops == 2 * expected
+    assert len(report.scan_calls) == 1
+    call = report.scan_calls[0]
+    assert (call.batch, call.dim, call.length, call.d_state, call.has_D, call.has_z) == (2, 8, 40, 4, True, use_z)
+
+
+def test_counts_around_the_scan_survive_and_observers_are_removed():
+    inputs = _scan_inputs()
+
+    class LinearThenScan(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(40, 40, bias=False)
+            self.scan = ScanOnly(use_z=False)
+
+        def forward(self, u, *rest):
+            return self.proj(self.scan(self.proj(u), *rest))
+
+    report = count_flops(LinearThenScan(), *inputs)
+    assert report.macs_by_category[LINEAR] == 2 * (2 * 8 * 40 * 40)
+    assert report.macs_by_category[SELECTIVE_SCAN] == selective_scan_macs(2, 8, 40, 4, has_D=True)
+    assert report.macs_by_category[MATMUL] == report.macs_by_category[OTHER] == 0
+    assert _scan_observers == []
+
+
+def test_observing_does_not_change_the_scan_output():
+    inputs = _scan_inputs()
+    module = ScanOnly(use_z=True)
+    plain = module(*inputs)
+    seen = []
+    with observe_scan_calls(seen.append):
+        observed = module(*inputs)
+    assert len(seen) == 1
+    assert torch.equal(plain, observed)
+
+
+def _independent_vmunet_macs(model: VMUNet, spatial_dims: int, x: torch.Tensor) -> tuple[dict, int]:
+    """Per-category MACs from the architecture and module hooks, without FlopCounterMode."""
+    macs = {CONVOLUTION: 0, LINEAR: 0, MATMUL: 0, SELECTIVE_SCAN: 0, OTHER: 0}
+
+    def on_linear(module, args, output):
+        macs[LINEAR] += output.numel() * module.in_features
+
+    def on_conv(module, args, output):
+        macs[CONVOLUTION] += output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+
+    handles = [m.register_forward_hook(on_linear) for m in model.modules() if isinstance(m, nn.Linear)]
+    handles += [m.register_forward_hook(on_conv) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+
+    directions, d_state = 2 * spatial_dims, 16
+    grid = list(x.shape[2:])
+    scan_calls = 0
+    for level, (dim, strides) in enumerate(zip(model.dims, model.strides)):
+        grid = [size // stride for size, stride in zip(grid, strides)]
+        tokens = math.prod(grid)
+        blocks = model.depths[0][level] + model.depths[1][3 - level]
+        d_inner, rank = 2 * dim, math.ceil(dim / 16)
+        # one grouped scan per block over all directions: dim = K * d_inner
+        scanned = directions * d_inner
+        macs[SELECTIVE_SCAN] += blocks * (9 * tokens * scanned * d_state + tokens * scanned)
+        # per-direction x_proj (to R + 2N) and dt_proj (R to E) einsums
+        macs[MATMUL] += blocks * directions * tokens * (d_inner * (rank + 2 * d_state) + rank * d_inner)
+        scan_calls += blocks
+    return macs, scan_calls
+
+
+@pytest.mark.parametrize("conv_op, shape", [(nn.Conv2d, (1, 1, 64, 64)), (nn.Conv3d, (1, 1, 32, 32, 32))])
+def test_small_vmunet_matches_the_architecture_count(conv_op, shape):
+    torch.manual_seed(0)
+    spatial_dims = len(shape) - 2
+    # embed_dim 32 keeps dt_rank = ceil(dim / 16) >= 2 at every level: with dt_rank 1 torch runs the dt_proj
+    # einsum as a broadcast multiply, which FlopCounterMode (documented in flops.py) does not count
+    model = VMUNet(1, 2, conv_op=conv_op, embed_dim=32).eval()
+    x = torch.randn(*shape)
+    expected, expected_calls = _independent_vmunet_macs(model, spatial_dims, x)
+    report = count_flops(model, x)
+    assert report.macs_by_category == expected
+    assert len(report.scan_calls) == expected_calls == 15
+    assert all(call.dim % (2 * spatial_dims) == 0 and not call.has_z for call in report.scan_calls)
+    assert report.total_flops == 2 * report.total_macs
+    assert report.parameters == sum(p.numel() for p in model.parameters())
+    table = format_flops_table({"small": report})
+    assert "| selective_scan |" in table and f"**{report.gmacs:.3f}**" in table
+
+
+def test_cli_prints_parameters_and_both_conventions(capsys):
+    assert main(["benchmark", "flops", "--network", "vm_unet", "--patch", "32", "32"]) == 0
+    out = capsys.readouterr().out
+    torch.manual_seed(0)
+    report = count_flops(VMUNet(3, 1, conv_op=nn.Conv2d).eval(), torch.randn(1, 3, 32, 32))
+    assert "parameters: 27.43 M" in out
+    total = re.search(r"total: ([\d.]+) GMACs .* = ([\d.]+) GFLOPs", out)
+    assert total is not None, out
+    assert total.groups() == (f"{report.gmacs:.3f}", f"{report.gflops:.3f}")
+    for category in (CONVOLUTION, LINEAR, MATMUL, SELECTIVE_SCAN):
+        assert f"| {category} |" in out
+    assert "15 calls" in out
+
+
+def test_cli_rejects_an_unknown_network(capsys):
+    assert main(["benchmark", "flops", "--network", "no_such_net", "--patch", "32", "32"]) == 2
+    assert "unknown network 'no_such_net'" in capsys.readouterr().err
