@@ -27,9 +27,9 @@ def make_trainer(nnunet_workspace, monkeypatch):
             monkeypatch.setenv(key, value)
     preprocessed = nnunet_workspace.preprocessed / nnunet_workspace.dataset_folder(DATASET_ID).name
 
-    def make(trainer_class, configuration="2d"):
+    def make(trainer_class, configuration="2d", continue_training=False):
         plans = load_json(str(preprocessed / "nnUNetPlans.json"))
-        plans["continue_training"] = False  # nnUNetv2_train adds this before building the trainer
+        plans["continue_training"] = continue_training  # nnUNetv2_train adds this (--c) before building the trainer
         torch.manual_seed(0)
         return trainer_class(plans, configuration, 0, load_json(str(preprocessed / "dataset.json")),
                              torch.device("cpu"))
@@ -165,3 +165,23 @@ def test_distillation_weights_are_validated():
         Negative({}, "2d", 0, {}, torch.device("cpu"))
     with pytest.raises(ValueError, match="use nnUNetTrainerVMUNet instead"):
         Neither({}, "2d", 0, {}, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("resuming", [False, True])
+def test_vmamba_checkpoint_initialises_a_fresh_run_only(make_trainer, monkeypatch, tmp_path, resuming):
+    from test_pretrained import synthetic_vmamba_v0
+
+    from nnunet_mamba.training.trainer_base import PRETRAINED_ENV_VAR
+
+    state = synthetic_vmamba_v0(embed_dim=32, depths=(2, 2, 2, 2))  # the quick trainer's width
+    torch.save({"model": state}, tmp_path / "vmamba.pth")
+    monkeypatch.setenv(PRETRAINED_ENV_VAR, str(tmp_path / "vmamba.pth"))
+    trainer = make_trainer(nnUNetTrainerDSVMUNetQuick, continue_training=resuming)
+    logged = []
+    trainer.print_to_log_file = lambda *args, **kwargs: logged.append(" ".join(map(str, args)))
+    trainer.initialize()
+    loaded = torch.equal(trainer.network.stem.norm.weight.detach(), state["patch_embed.norm.weight"])
+    first_decoder_block = trainer.network.decoder.stages[0][0].norm.weight.detach()
+    assert loaded != resuming
+    assert torch.equal(first_decoder_block, state["layers.3.blocks.0.ln_1.weight"]) != resuming
+    assert any(line.startswith(f"{PRETRAINED_ENV_VAR}:") for line in logged) != resuming
