@@ -52,11 +52,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_mamba.architectures import CONV_OPS
+
 PROJECTION = "projection"
 PROGRESSIVE = "progressive"
 
 _TRANSPOSED_CONV = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _INTERPOLATION = {2: "bilinear", 3: "trilinear"}
 
 
@@ -92,7 +93,7 @@ class ProjectionHead(nn.Module):
         super().__init__()
         spatial_dims = len(scale)
         self.spatial = SpatialProjection(in_channels, scale) if math.prod(scale) > 1 else nn.Identity()
-        self.channel = _CONV[spatial_dims](in_channels, out_channels, kernel_size=1)
+        self.channel = CONV_OPS[spatial_dims](in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.channel(self.spatial(x))
@@ -103,7 +104,7 @@ class ProgressiveHead(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, spatial_dims: int):
         super().__init__()
-        self.channel = _CONV[spatial_dims](in_channels, out_channels, kernel_size=1)
+        self.channel = CONV_OPS[spatial_dims](in_channels, out_channels, kernel_size=1)
         self.mode = _INTERPOLATION[spatial_dims]
 
     def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -77,10 +77,12 @@ class DualSelfDistillationTrainer(MambaTrainerBase):
             f"training-only heads with {trainable / 1e6:.3f}M parameters (not part of the inference network); "
             f"teachers {'detached' if self.detach_distillation_teachers else 'not detached'}")
 
+    def configure_optimizers(self):
+        # nnU-Net builds the optimiser inside initialize(), right after the network: the heads must exist by then
+        self._build_distillation_heads()
+        return super().configure_optimizers()
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        # nnU-Net builds the optimiser inside initialize(), right after the network: the heads join here
-        if self.distillation is None:
-            self._build_distillation_heads()
         return super().trainable_parameters() + list(self.distillation.parameters())
 
     def initialize(self):

@@ -101,7 +101,8 @@ class MambaTrainerBase(nnUNetTrainer):
         return {}
 
     def restore_extra_checkpoint_state(self, checkpoint: dict) -> None:
-        """Counterpart of :meth:`extra_checkpoint_state`, called before nnU-Net restores its own entries."""
+        """Counterpart of :meth:`extra_checkpoint_state`; runs first, so a mismatch stops the resume before any
+        of the trainer's state has changed."""
 
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint plus :meth:`extra_checkpoint_state`, written atomically.
@@ -144,12 +145,12 @@ class MambaTrainerBase(nnUNetTrainer):
         checkpoint = filename_or_checkpoint
         if isinstance(checkpoint, str):
             checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        self.restore_extra_checkpoint_state(checkpoint)
         network = self.bare_network
         own_keys = network.state_dict().keys()
         weights = {key[len("module."):] if key not in own_keys and key.startswith("module.") else key: value
                    for key, value in checkpoint["network_weights"].items()}
         network.load_state_dict(weights)
-        self.restore_extra_checkpoint_state(checkpoint)
         self.my_init_kwargs = checkpoint["init_args"]
         self.current_epoch = checkpoint["current_epoch"]
         self.logger.load_checkpoint(checkpoint["logging"])
