@@ -28,7 +28,7 @@ setup(
     ],
     extras_require={
         # compile CUDA kernels at install time; needs a CUDA toolkit and a CUDA build of torch
-        "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
+        "cuda": ["mamba-ssm>=2.2,<2.4", "causal-conv1d>=1.4"],
         "test": ["pytest>=7", "mambapy==1.2.0"],
         "benchmark": ["mambapy==1.2.0"],
     },

@@ -1,12 +1,16 @@
 """Where our nnU-Net trainers live and whether nnU-Net's own lookup finds them.
 
 nnU-Net (>= 2.8) searches folders listed in ``nnUNet_extTrainer`` (os.pathsep separated) after its own
-package; our trainers are installed as the folder of the ``nnunet_mamba_trainers`` package.
+package and imports each module there under its bare name. Our trainers are installed as the folder of the
+``nnunet_mamba_trainers`` package, but are imported only that one way: through nnU-Net's lookup
+(:func:`load_trainer`), never as ``nnunet_mamba_trainers.<module>``. The files there declare leaf classes
+only; everything they share lives in :mod:`nnunet_mamba.training`.
 """
 from __future__ import annotations
 
 import ast
 import contextlib
+import importlib.util
 import io
 import os
 import shlex
@@ -17,15 +21,13 @@ ENV_VAR = "nnUNet_extTrainer"
 
 def trainers_folder() -> Path:
     """The folder holding our trainer modules: the installed package, else the source tree's ``trainers/``."""
-    try:
-        import nnunet_mamba_trainers
-
-        return Path(nnunet_mamba_trainers.__path__[0]).resolve()
-    except ImportError:
-        source_tree = Path(__file__).resolve().parent.parent / "trainers"
-        if source_tree.is_dir():
-            return source_tree
-        raise RuntimeError("cannot find the nnunet-mamba trainers folder: reinstall with `pip install nnunet-mamba`")
+    spec = importlib.util.find_spec("nnunet_mamba_trainers")  # located, not imported
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0]).resolve()
+    source_tree = Path(__file__).resolve().parent.parent / "trainers"
+    if source_tree.is_dir():
+        return source_tree
+    raise RuntimeError("cannot find the nnunet-mamba trainers folder: reinstall with `pip install nnunet-mamba`")
 
 
 def _configured_paths(value: str | None = None) -> list[str]:
@@ -77,3 +79,25 @@ def find_with_nnunet(trainer_name: str):
             return recursive_find_trainer_class_by_name(trainer_name), ""
     except Exception as error:  # nnU-Net raises RuntimeError; an import failure of a module raises anything
         return None, f"{type(error).__name__}: {error}"
+
+
+def load_trainer(trainer_name: str):
+    """The trainer class as nnUNetv2_train finds it; a RuntimeError with the fix when it cannot be found."""
+    trainer, error = find_with_nnunet(trainer_name)
+    if trainer is None:
+        raise RuntimeError(f"nnU-Net cannot find trainer {trainer_name!r} ({error}). Run "
+                           f"`eval \"$(nnunet-mamba env)\"` and check with `nnunet-mamba doctor`.")
+    return trainer
+
+
+def our_trainers() -> dict:
+    """Every trainer class of our folder, loaded the way nnU-Net loads it (bare module names), by name."""
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    folder = str(trainers_folder())
+    found = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for name in trainer_names():
+            found[name] = recursive_find_python_class(folder, name, None, base_folder=folder,
+                                                      cleanup_imports_from_base_folder=True)
+    return found

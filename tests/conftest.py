@@ -11,6 +11,12 @@ if str(REPO_ROOT) not in sys.path:
 # two cores: more threads than that only fight each other
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+# trainers are loaded the one way nnU-Net loads them (nnunet_mamba.discovery.load_trainer): our folder, then the
+# test trainers
+from e2e_support import ext_trainer_paths  # noqa: E402
+
+os.environ["nnUNet_extTrainer"] = ext_trainer_paths()
+
 
 @pytest.fixture
 def repo_root() -> Path:

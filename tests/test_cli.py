@@ -79,3 +79,20 @@ def test_example_builds_the_canonical_network(repo_root):
     assert result.returncode == 0, result.stderr
     assert "VMUNet: 27.43 M parameters" in result.stdout
     assert "output (1, 1, 256, 256) at scale [1.0, 1.0]" in result.stdout
+
+
+def test_doctor_flags_an_nnunet_raw_that_does_not_exist(tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "no_such_raw"
+    monkeypatch.setenv("nnUNet_raw", str(missing))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "created_later"))  # nnU-Net creates this one
+    monkeypatch.delenv("nnUNet_results", raising=False)
+    monkeypatch.delenv("NNUNET_MAMBA_SCAN", raising=False)
+    monkeypatch.setenv(discovery.ENV_VAR, str(discovery.trainers_folder()))
+    monkeypatch.setattr(discovery, "find_with_nnunet", lambda name: (object, ""))  # the lookup is tested above
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert f"nnUNet_raw={missing} does not exist" in out and "all good" not in out
+    assert "created_later does not exist" not in out
+    missing.mkdir()
+    assert main(["doctor"]) == 0
+    assert "all good" in capsys.readouterr().out

@@ -17,13 +17,15 @@ from nnunet_mamba.datasets import CONVERTERS, ConversionError, SourceOptions, co
 SPACING_XYZ = (0.8, 0.8, 3.0)
 
 
-def write_nifti(path: Path, array: np.ndarray, spacing_xyz=SPACING_XYZ, origin=(0.0, 0.0, 0.0)) -> None:
+def write_nifti(path: Path, array: np.ndarray, spacing_xyz=SPACING_XYZ, origin=(0.0, 0.0, 0.0), direction=None) -> None:
     import SimpleITK as sitk
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = sitk.GetImageFromArray(array)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
     image.SetSpacing(spacing_xyz)
     image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(direction)
     sitk.WriteImage(image, str(path))
 
 
@@ -204,17 +206,26 @@ def test_amos_unexpected_label_value_names_the_file(amos_src, tmp_path):
 # --- LiTS ----------------------------------------------------------------------------------------
 
 
+LITS_ORIGIN = (-150.0, -120.0, -300.0)
+X_FLIPPED = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
 @pytest.fixture(scope="module")
 def lits_src(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("lits")
     rng = np.random.default_rng(2)
     for number in range(131):
         batch = root / ("Training Batch 1" if number < 28 else "Training Batch 2")
-        write_nifti(batch / f"volume-{number}.nii", ct_volume(rng, (4, 6, 6)))
-        # Case 3 mimics LiTS's drifting label headers: same grid, slightly different origin.
-        origin = (0.0, 0.0, 0.5) if number == 3 else (0.0, 0.0, 0.0)
-        write_nifti(batch / f"segmentation-{number}.nii", label_volume(2, (4, 6, 6)), origin=origin)
-    write_nifti(root / "Test" / "test-volume-0.nii", ct_volume(rng, (4, 6, 6)))
+        write_nifti(batch / f"volume-{number}.nii", ct_volume(rng, (4, 6, 6)), origin=LITS_ORIGIN)
+        labels, origin, direction = label_volume(2, (4, 6, 6)), LITS_ORIGIN, None
+        if number == 3:  # a header that drifts within nnU-Net's tolerance: the image's is written
+            origin = (LITS_ORIGIN[0], LITS_ORIGIN[1], LITS_ORIGIN[2] + 1e-4)
+        if number == 4:  # the same voxels stored with the x axis reversed: reoriented, not mirrored
+            labels = labels[:, :, ::-1]
+            origin = (LITS_ORIGIN[0] + 5 * SPACING_XYZ[0], LITS_ORIGIN[1], LITS_ORIGIN[2])
+            direction = X_FLIPPED
+        write_nifti(batch / f"segmentation-{number}.nii", labels, origin=origin, direction=direction)
+    write_nifti(root / "Test" / "test-volume-0.nii", ct_volume(rng, (4, 6, 6)), origin=LITS_ORIGIN)
     return root
 
 
@@ -232,9 +243,11 @@ def test_lits_converts_all_cases_with_the_fixed_seeded_split(lits_src, tmp_path)
     assert sorted(drawn.tolist()) == list(lits.TEST_CASE_NUMBERS)
     import SimpleITK as sitk
 
-    label = sitk.ReadImage(str(folder / "labelsTr" / "lits_003.nii.gz"))
-    image = sitk.ReadImage(str(folder / "imagesTr" / "lits_003_0000.nii.gz"))
-    assert label.GetOrigin() == image.GetOrigin()
+    for case in ("lits_003", "lits_004"):
+        label = sitk.ReadImage(str(folder / "labelsTr" / f"{case}.nii.gz"))
+        image = sitk.ReadImage(str(folder / "imagesTr" / f"{case}_0000.nii.gz"))
+        assert (label.GetOrigin(), label.GetDirection()) == (image.GetOrigin(), image.GetDirection())
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(label), label_volume(2, (4, 6, 6)))
 
 
 def test_lits_unexpected_label_and_size_mismatch(lits_src, tmp_path):
@@ -242,10 +255,10 @@ def test_lits_unexpected_label_and_size_mismatch(lits_src, tmp_path):
     shutil.copytree(lits_src, broken)
     bad = label_volume(2, (4, 6, 6))
     bad[1, 1, 1] = 3
-    write_nifti(broken / "Training Batch 1" / "segmentation-5.nii", bad)
+    write_nifti(broken / "Training Batch 1" / "segmentation-5.nii", bad, origin=LITS_ORIGIN)
     with pytest.raises(ConversionError, match=r"segmentation-5\.nii.*\[3\]"):
         convert("lits", broken, 32, tmp_path / "raw", 2)
-    write_nifti(broken / "Training Batch 1" / "segmentation-5.nii", label_volume(2, (4, 6, 7)))
+    write_nifti(broken / "Training Batch 1" / "segmentation-5.nii", label_volume(2, (4, 6, 7)), origin=LITS_ORIGIN)
     with pytest.raises(ConversionError, match=r"segmentation-5\.nii: size"):
         convert("lits", broken, 32, tmp_path / "raw", 1)
     assert_nothing_written(tmp_path / "raw")

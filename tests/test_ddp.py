@@ -52,9 +52,8 @@ def _worker(rank: int, world_size: int, init_file: str, env: dict, result_file: 
 
 
 @pytest.mark.parametrize("trainer_name, deep_supervision", [
-    ("nnUNetTrainerVMUNetQuick", True),
     ("nnUNetTrainerVMUNetQuick", False),  # the decoder's deep heads then get no gradient
-    ("nnUNetTrainerDSVMUNetQuick", True),  # distillation heads in their own DDP wrapper
+    ("nnUNetTrainerDSVMUNetQuick", True),  # the network and the distillation heads, each in its own DDP wrapper
 ])
 def test_two_process_gloo_train_steps_keep_replicas_identical(nnunet_workspace, tmp_path, trainer_name,
                                                                deep_supervision):

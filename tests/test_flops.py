@@ -141,7 +141,7 @@ def _independent_vmunet_macs(model: VMUNet, spatial_dims: int, x: torch.Tensor) 
     directions, d_state = 2 * spatial_dims, 16
     grid = list(x.shape[2:])
     scan_calls = 0
-    for level, (dim, strides) in enumerate(zip(model.dims, model.strides)):
+    for level, (dim, strides) in enumerate(zip(model.level_dims, model.strides)):
         grid = [size // stride for size, stride in zip(grid, strides)]
         tokens = math.prod(grid)
         blocks = model.depths[0][level] + model.depths[1][3 - level]
@@ -175,10 +175,11 @@ def test_small_vmunet_matches_the_architecture_count(conv_op, shape):
 
 
 def test_cli_prints_parameters_and_both_conventions(capsys):
-    assert main(["benchmark", "flops", "--network", "vm_unet", "--patch", "32", "32"]) == 0
+    # 128 x 128 plans five stride-2 poolings: the canonical 4, 2, 2, 2 strides
+    assert main(["benchmark", "flops", "--network", "vm_unet", "--patch", "128", "128"]) == 0
     out = capsys.readouterr().out
     torch.manual_seed(0)
-    report = count_flops(VMUNet(3, 1, conv_op=nn.Conv2d).eval(), torch.randn(1, 3, 32, 32))
+    report = count_flops(VMUNet(3, 1, conv_op=nn.Conv2d).eval(), torch.randn(1, 3, 128, 128))
     assert "parameters: 27.43 M" in out
     total = re.search(r"total: ([\d.]+) GMACs .* = ([\d.]+) GFLOPs", out)
     assert total is not None, out

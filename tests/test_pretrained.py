@@ -14,9 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_mamba.architectures import VMUNet
-from nnunet_mamba.blocks import PatchMerging
-from nnunet_mamba.pretrained import load_vmamba_pretrained, vmamba_to_vm_unet_state_dict
-from nnunet_mamba.pretrained.vmamba import _merge_permutation, _permute_directions, _scan_permutation
+from nnunet_mamba.pretrained import map_vmamba_v0_state_dict
 
 EMBED_DIM = 16
 D_STATE = 16
@@ -129,6 +127,14 @@ def make_network(input_channels=3, **kwargs):
     return VMUNet(input_channels, 2, embed_dim=kwargs.pop("embed_dim", EMBED_DIM), **kwargs)
 
 
+def load_vmamba_pretrained(network, path):
+    return network.load_pretrained(path)
+
+
+def vmamba_to_vm_unet_state_dict(state, network):
+    return map_vmamba_v0_state_dict(state, network, network.vmamba_v0_counterpart, stem_key="stem.proj")
+
+
 def test_every_mapped_tensor_equals_its_source_encoder_and_reversed_decoder(checkpoint_path, vmamba_state):
     network = make_network(3)
     report = load_vmamba_pretrained(network, checkpoint_path)
@@ -165,7 +171,7 @@ def test_report_lists_missing_unused_and_no_skips(checkpoint_path):
     network = make_network(3)
     report = load_vmamba_pretrained(network, checkpoint_path)
     assert report.skipped == {}
-    assert {key.split(".")[1] for key in report.missing} == {"upsamples", "final_expand", "seg_head", "deep_heads"}
+    assert {key.split(".")[1] for key in report.missing} == {"upsamples", "final_expand", "seg_layers"}
     assert all(key.startswith("decoder.") for key in report.missing)
     assert set(report.unused) == {"norm.weight", "norm.bias", "head.weight", "head.bias"} | {
         key for key in synthetic_vmamba_v0() if key.startswith("layers.2.blocks.2.")}
@@ -178,7 +184,7 @@ def test_heads_and_upsampling_keep_their_initialisation(checkpoint_path):
     torch.manual_seed(0)
     network = make_network(3)
     before = {k: v.clone() for k, v in network.state_dict().items() if k.split(".")[1] in
-              ("upsamples", "final_expand", "seg_head", "deep_heads")}
+              ("upsamples", "final_expand", "seg_layers")}
     load_vmamba_pretrained(network, checkpoint_path)
     after = network.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -221,60 +227,6 @@ def test_mapped_merging_computes_what_the_vmamba_merging_computes(checkpoint_pat
     x = torch.randn(2, 4, 6, EMBED_DIM)
     with torch.no_grad():
         assert torch.allclose(network.encoder.downsamples[0](x), reference_v0_merge(vmamba_state, 0, x), atol=1e-5)
-
-
-def test_scan_and_merge_orders_agree_with_vmamba_today():
-    network = make_network(3)
-    assert _scan_permutation(network.encoder.stages[0][0].ssm) == [0, 1, 2, 3]
-    assert _merge_permutation(PatchMerging) == [0, 1, 2, 3]
-
-
-def test_direction_permutation_moves_whole_direction_blocks():
-    inner, d_state = 3, 2
-    a_logs = torch.arange(4.0).repeat_interleave(inner)[:, None].repeat(1, d_state)  # row value = direction
-    permuted = _permute_directions(a_logs, [1, 0, 3, 2], "A_logs")
-    assert permuted[:, 0].tolist() == [1.0] * inner + [0.0] * inner + [3.0] * inner + [2.0] * inner
-    ds = torch.arange(4.0).repeat_interleave(inner)
-    expected = [2.0] * inner + [3.0] * inner + [0.0] * inner + [1.0] * inner
-    assert _permute_directions(ds, [2, 3, 0, 1], "Ds").tolist() == expected
-    x_proj = torch.arange(4.0)[:, None, None].expand(4, 5, inner)
-    assert _permute_directions(x_proj, [3, 2, 1, 0], "x_proj_weight")[:, 0, 0].tolist() == [3.0, 2.0, 1.0, 0.0]
-
-
-def test_a_different_scan_order_is_remapped_and_still_computes_vmamba(checkpoint_path, vmamba_state):
-    """Column-major first: the probe sees it and permutes the K axis, so the block still equals VMamba's."""
-    network = make_network(3).double().eval()  # eval: no drop-path
-    for module in network.modules():
-        if hasattr(module, "orderings"):
-            module.orderings = module.orderings[::-1]
-    report = load_vmamba_pretrained(network, checkpoint_path)
-    assert any("[1, 0, 3, 2]" in note for note in report.notes)
-    x = torch.randn(1, 3, 5, EMBED_DIM, dtype=torch.float64)
-    weights = {k: v.double() for k, v in block_weights(vmamba_state, 0, 0).items()}
-    with torch.no_grad():
-        assert torch.allclose(network.encoder.stages[0][0](x), reference_v0_block(weights, x), atol=1e-9)
-
-
-class ColumnFirstMerging(PatchMerging):
-    """Concatenates the neighbours with the w offset varying fastest (transposed grid)."""
-
-    def forward(self, x):
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
-
-
-def test_a_different_merge_order_is_remapped_and_still_computes_vmamba(vmamba_state):
-    assert _merge_permutation(ColumnFirstMerging) == [0, 2, 1, 3]
-    network = make_network(3)
-    old = network.encoder.downsamples[0]
-    network.encoder.downsamples[0] = ColumnFirstMerging(EMBED_DIM, 2 * EMBED_DIM, old.scale)
-    mapped, report = vmamba_to_vm_unet_state_dict(vmamba_state, network)
-    network.load_state_dict(mapped, strict=False)
-    with torch.no_grad():
-        for level in range(3):  # level 0 permuted, the plain mergings of levels 1 and 2 not
-            x = torch.randn(1, 4, 6, EMBED_DIM * 2**level)
-            expected = reference_v0_merge(vmamba_state, level, x)
-            assert torch.allclose(network.encoder.downsamples[level](x), expected, atol=1e-5), level
-    assert any("ColumnFirstMerging" in note and "[0, 2, 1, 3]" in note for note in report.notes)
 
 
 @pytest.mark.parametrize("container", ["model", "state_dict", "model_ema", None])
@@ -372,25 +324,6 @@ def test_checkpoint_with_foreign_objects_loads_without_running_them(tmp_path, vm
     assert not marker.exists()
     assert len(report.loaded) > 0 and report.skipped == {}
     assert any("fake_yacs_config.CfgNode" in note and "_must_not_run" in note for note in report.notes)
-
-
-def test_trainer_hook_logs_one_line_and_does_nothing_without_the_variable(checkpoint_path, monkeypatch):
-    from nnunet_mamba.training.trainer_base import PRETRAINED_ENV_VAR, MambaTrainerBase
-
-    logged = []
-    trainer = types.SimpleNamespace(bare_network=make_network(1), print_to_log_file=lambda *a: logged.append(a))
-    monkeypatch.delenv(PRETRAINED_ENV_VAR, raising=False)
-    assert MambaTrainerBase._maybe_load_pretrained(trainer) is None and logged == []
-
-    monkeypatch.setenv(PRETRAINED_ENV_VAR, str(checkpoint_path))
-    report = MambaTrainerBase._maybe_load_pretrained(trainer)
-    assert len(logged) == 1 and f"loaded {len(report.loaded)} tensors" in logged[0][0]
-    assert torch.equal(trainer.bare_network.encoder.stages[0][0].norm.weight,
-                       torch.load(checkpoint_path)["model"]["layers.0.blocks.0.ln_1.weight"])
-
-    monkeypatch.setenv(PRETRAINED_ENV_VAR, str(checkpoint_path) + ".missing")
-    with pytest.raises(FileNotFoundError, match=PRETRAINED_ENV_VAR):
-        MambaTrainerBase._maybe_load_pretrained(trainer)
 
 
 def test_a_file_that_is_no_checkpoint_is_a_clear_error(tmp_path):

@@ -23,11 +23,11 @@ def _constant_levels(values, size=16):
 
 
 def _select_first_channels(conv: torch.nn.Conv2d) -> None:
-    """Make a 1x1 convolution copy its first out_channels input channels."""
+    """Make a 1x1 convolution copy input channels to its outputs (cyclically when it widens)."""
     with torch.no_grad():
         conv.weight.zero_()
         for c in range(conv.out_channels):
-            conv.weight[c, c] = 1.0
+            conv.weight[c, c % conv.in_channels] = 1.0
         conv.bias.zero_()
 
 
@@ -47,7 +47,7 @@ def test_progressive_loss_matches_hand_computed_value():
     for head in [*heads.encoder_progressive, *heads.decoder_progressive]:
         _select_first_channels(head.channel)
     losses = heads(_constant_levels([1, 2, 3, 4]), _constant_levels([10, 20, 30, 40]))
-    # adjacent levels differ by 1 (encoder) and 10 (decoder); interpolating a constant keeps it
+    # adjacent levels differ by 1 (encoder) and 10 (decoder); interpolating and widening a constant keep it
     assert set(losses) == {PROGRESSIVE}
     assert losses[PROGRESSIVE].item() == pytest.approx(3 * 1 + 3 * 100)
 
@@ -95,7 +95,10 @@ def test_gradients_reach_students_and_stop_at_detached_teachers(detach):
     # progressive: f_4^e only teaches (encoder), f_1^d only teaches (decoder)
     assert all(f.grad is not None for f in [*encoder[:3], *decoder[1:]])
     assert (encoder[3].grad is None) == detach and (decoder[0].grad is None) == detach
-    # the encoder's teacher-side 1x1 convolutions learn even with a detached teacher feature
+    # every learned head sits on the student side: it reads the shallower encoder level (so a detached teacher
+    # never has a head that learns to imitate its student) and learns
+    assert [head.channel.in_channels for head in heads.encoder_progressive] == DIMS[:3]
+    assert [head.channel.out_channels for head in heads.encoder_progressive] == DIMS[1:]
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.encoder_progressive.parameters())
 
 
@@ -106,7 +109,7 @@ def test_gradients_reach_students_and_stop_at_detached_teachers(detach):
 ])
 def test_vm_unet_level_features_align_for_2d_3d_and_anisotropic_plans(conv_op, strides, patch):
     torch.manual_seed(0)
-    network = VMUNet(1, 3, conv_op=conv_op, strides=strides, embed_dim=8, deep_supervision=True)
+    network = VMUNet(1, 3, conv_op=conv_op, strides=strides, embed_dim=8, deep_supervision=True, drop_path_rate=0.0)
     heads = DualSelfDistillation.for_network(network)
     with LevelFeatureTap(*network.level_feature_modules()) as levels:
         outputs = network(torch.randn(2, 1, *patch))
@@ -114,14 +117,14 @@ def test_vm_unet_level_features_align_for_2d_3d_and_anisotropic_plans(conv_op, s
     expected_grid = [s // f for s, f in zip(patch, network.strides[0])]
     assert level_grids[0] == tuple(expected_grid)
     assert [tuple(f.shape[1:-1]) for f in levels.decoder] == level_grids
-    assert [f.shape[-1] for f in levels.decoder] == network.dims
+    assert [f.shape[-1] for f in levels.decoder] == network.level_dims
 
     channels_first = [torch.movedim(f, -1, 1) for f in levels.encoder]
     for head, feature in zip(heads.encoder_projection, channels_first):
-        assert tuple(head(feature).shape) == (2, network.dims[0], *level_grids[0])
+        assert tuple(head(feature).shape) == (2, network.level_dims[0], *level_grids[0])
     for l, head in enumerate(heads.encoder_progressive, start=1):
-        assert tuple(head(channels_first[l], level_grids[l - 1]).shape) == (2, network.dims[l - 1],
-                                                                           *level_grids[l - 1])
+        assert tuple(head(channels_first[l - 1], level_grids[l - 1]).shape) == (2, network.level_dims[l],
+                                                                               *level_grids[l - 1])
 
     losses = heads(levels.encoder, levels.decoder)
     total = losses[PROJECTION] + 0.5 * losses[PROGRESSIVE]

@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from nnunet_mamba.blocks import CrossScanSSM, VSSBlock, VSSStage
-from nnunet_mamba.blocks.vss import scan_orderings
+from nnunet_mamba.blocks import vss
+from nnunet_mamba.blocks.vss import SS2D, SS3D, scan_orderings
+from nnunet_mamba.ops import selective_scan
 
 
 def test_orderings_match_vmamba_in_2d_and_cover_every_axis_in_3d():
@@ -71,5 +73,53 @@ def test_ssm_mixes_globally(spatial_dims, shape):
 def test_stage_depth_and_drop_path_rates():
     stage = VSSStage(dim=8, depth=3, spatial_dims=2, drop_path=[0.0, 0.1, 0.2])
     assert len(stage) == 3
+    assert isinstance(stage[0].drop_path, torch.nn.Identity)
+    assert [block.drop_path.drop_prob for block in list(stage)[1:]] == [0.1, 0.2]
     with pytest.raises(ValueError, match="need 3 drop-path rates"):
         VSSStage(dim=8, depth=3, spatial_dims=2, drop_path=[0.1])
+
+
+def test_ss2d_and_ss3d_are_cross_scan_ssms_with_fixed_axes():
+    ss2d, ss3d = SS2D(8, d_state=4), SS3D(8)
+    assert isinstance(ss2d, CrossScanSSM) and ss2d.spatial_dims == 2 and ss2d.num_directions == 4
+    assert ss2d.d_state == 4
+    assert isinstance(ss3d, CrossScanSSM) and ss3d.spatial_dims == 3 and ss3d.num_directions == 6
+    assert ss2d.state_dict().keys() == CrossScanSSM(8, spatial_dims=2).state_dict().keys()
+    assert ss3d(torch.randn(1, 2, 3, 4, 8)).shape == (1, 2, 3, 4, 8)
+
+
+@pytest.mark.parametrize("spatial_dims,shape", [(2, (6, 7)), (3, (3, 4, 5))])
+def test_directions_are_merged_in_float32_under_autocast(monkeypatch, spatial_dims, shape):
+    """As VMamba v0: the scan outputs stay float32 and are summed in float32 before out_norm."""
+    torch.manual_seed(0)
+    ssm = CrossScanSSM(dim=8, spatial_dims=spatial_dims)
+    seen = {}
+    original_scan, original_merge = vss.selective_scan, CrossScanSSM._cross_merge
+
+    def spy_scan(*args, **kwargs):
+        seen["scan_args"] = args, kwargs
+        return original_scan(*args, **kwargs)
+
+    def spy_merge(self, y, spatial):
+        seen["merge_in"], seen["merged"] = y, original_merge(self, y, spatial)
+        return seen["merged"]
+
+    monkeypatch.setattr(vss, "selective_scan", spy_scan)
+    monkeypatch.setattr(CrossScanSSM, "_cross_merge", spy_merge)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ssm(torch.randn(2, *shape, 8))
+    assert out.dtype == torch.bfloat16
+    assert seen["merge_in"].dtype == torch.float32 and seen["merged"].dtype == torch.float32
+
+    # the same scan inputs (bfloat16 activations), scanned and merged in float64: the merge adds no bf16 rounding
+    args, kwargs = seen["scan_args"]
+    kwargs = {name: value for name, value in kwargs.items() if name != "out_dtype"}
+    scanned = selective_scan(*args, **kwargs, out_dtype=torch.float32)
+    expected = original_merge(ssm, scanned.double().reshape(seen["merge_in"].shape), shape)
+    torch.testing.assert_close(seen["merged"].double(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_model_cast_to_bfloat16_runs_without_autocast():
+    ssm = CrossScanSSM(dim=8, spatial_dims=2).bfloat16()
+    out = ssm(torch.randn(1, 5, 6, 8, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()

@@ -2,8 +2,7 @@
 
 Inference is plain VM-UNet: nnUNetv2_predict builds the same network as for nnUNetTrainerVMUNet.
 """
-from nnunet_mamba.training import DualSelfDistillationTrainer
-from nnunet_mamba_trainers.nnUNetTrainerVMUNet import nnUNetTrainerVMUNetQuick
+from nnunet_mamba.training import DualSelfDistillationTrainer, PaperProtocol, QuickCPURun
 
 
 class nnUNetTrainerDSVMUNet(DualSelfDistillationTrainer):
@@ -24,5 +23,9 @@ class nnUNetTrainerDSVMUNetProgOnly(nnUNetTrainerDSVMUNet):
     distillation_alpha = 0.0
 
 
-class nnUNetTrainerDSVMUNetQuick(nnUNetTrainerDSVMUNet, nnUNetTrainerVMUNetQuick):
+class nnUNetTrainerDSVMUNetQuick(QuickCPURun, nnUNetTrainerDSVMUNet):
     """The minutes-long CPU run of nnUNetTrainerVMUNetQuick, with dual self-distillation."""
+
+
+class nnUNetTrainerDSVMUNetPaper(PaperProtocol, nnUNetTrainerDSVMUNet):
+    """DSVM-UNet with the papers' protocol (see nnUNetTrainerVMUNetPaper) plus alpha 1, beta 0.5."""

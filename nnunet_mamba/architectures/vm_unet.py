@@ -13,24 +13,35 @@ not a multiple of the total stride are padded internally and the logits cropped 
 
 Deep supervision returns one output per decoder level, highest resolution first: the full-resolution
 logits (from the last level, through the final expanding) and 1x1-conv logits of the three deeper
-levels. :meth:`VMUNet.deep_supervision_scales` gives their scale per axis for nnU-Net's target
-downsampling.
+levels; all heads live in ``decoder.seg_layers`` (the network contract, nnunet_mamba.architectures.base).
 """
 from __future__ import annotations
 
-import math
+import re
 from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from dynamic_network_architectures.architectures.abstract_arch import AbstractDynamicNetworkArchitectures
+from dynamic_network_architectures.building_blocks.helper import convert_dim_to_conv_op
 from torch import nn
 
+from nnunet_mamba.architectures.base import LevelFeatureNetwork, SegmentationNetwork
+from nnunet_mamba.architectures.plans import strides_from_plan
+from nnunet_mamba.architectures.registry import register_network
 from nnunet_mamba.blocks import PatchEmbedding, PatchExpanding, PatchMerging, VSSStage
+from nnunet_mamba.pretrained.vmamba import (
+    COPY,
+    MERGE_2X2,
+    STEM_KERNEL,
+    PretrainedReport,
+    load_vmamba_v0,
+    vmamba_v0_block_key,
+)
 
 NUM_LEVELS = 4
 DEFAULT_STRIDES_PER_LEVEL = (4, 2, 2, 2)
+#: plan poolings per level: the 4x4 embedding takes two stride-2 poolings, each merging one
+POOLS_PER_LEVEL = (2, 1, 1, 1)
 
 
 def _stage_drop_paths(depths: Sequence[int], drop_path_rate: float, decreasing: bool = False) -> list[list[float]]:
@@ -77,9 +88,11 @@ class VMUNetDecoder(nn.Module):
             for i in range(NUM_LEVELS - 1)
         )
         self.final_expand = PatchExpanding(dims[0], dims[0] // 4, embed_stride)
-        self.seg_head = conv_op(dims[0] // 4, num_classes, 1)
-        # logits of the deeper decoder levels, deepest first; used only with deep supervision
-        self.deep_heads = nn.ModuleList(conv_op(reversed_dims[i], num_classes, 1) for i in range(NUM_LEVELS - 1))
+        # deepest first, as in dynamic-network-architectures' UNetDecoder: 1x1 convs on the three deeper
+        # decoder levels (used only with deep supervision), then the full-resolution head after final_expand
+        self.seg_layers = nn.ModuleList(
+            [conv_op(reversed_dims[i], num_classes, 1) for i in range(NUM_LEVELS - 1)]
+            + [conv_op(dims[0] // 4, num_classes, 1)])
 
     def forward(self, skips: list[torch.Tensor], x: torch.Tensor):
         level_outputs = []
@@ -88,14 +101,16 @@ class VMUNetDecoder(nn.Module):
                 x = self.upsamples[i - 1](x + skips[NUM_LEVELS - i])
             x = stage(x)
             level_outputs.append(x)
-        logits = self.seg_head(torch.movedim(self.final_expand(x), -1, 1))
+        logits = self.seg_layers[-1](torch.movedim(self.final_expand(x), -1, 1))
         if not self.deep_supervision:
             return logits
-        deeper = [head(torch.movedim(level_outputs[i], -1, 1)) for i, head in enumerate(self.deep_heads)]
+        deeper = [head(torch.movedim(level_outputs[i], -1, 1)) for i, head in enumerate(self.seg_layers[:-1])]
         return [logits, *deeper[::-1]]
 
 
-class VMUNet(AbstractDynamicNetworkArchitectures):
+@register_network("vm_unet", dims=(2, 3), description="VM-UNet (Ruan et al. 2024): VSS encoder-decoder, SS2D / SS3D",
+                  small_overrides={"embed_dim": 32, "drop_path_rate": 0.0})
+class VMUNet(SegmentationNetwork, LevelFeatureNetwork):
     """VM-UNet for 2D (``conv_op=nn.Conv2d``) and 3D (``conv_op=nn.Conv3d``) inputs.
 
     Args:
@@ -104,8 +119,8 @@ class VMUNet(AbstractDynamicNetworkArchitectures):
         conv_op: ``nn.Conv2d`` or ``nn.Conv3d``; decides the dimensionality.
         strides: four strides, each an int or one int per axis: patch embedding, then the three
             patch mergings. Default ``(4, 2, 2, 2)``.
-        patch_size: training patch size, if known: checked against the total stride.
-        embed_dim: C, the width of the first level (96 in the paper).
+        input_shape: the training patch size, if known: checked against the total stride.
+        embed_dim: C, the width of the first level (96 in the paper); a multiple of 4.
         encoder_depths / decoder_depths: VSS blocks per stage.
         d_state: SSM state size N.
         drop_path_rate: stochastic depth, increasing linearly over the encoder blocks (and reversed
@@ -113,13 +128,17 @@ class VMUNet(AbstractDynamicNetworkArchitectures):
         deep_supervision: return the outputs of all decoder levels, highest resolution first.
     """
 
+    # before the heads moved into decoder.seg_layers (nnU-Net's -pretrained_weights skips exactly those)
+    legacy_key_prefixes = {"decoder.seg_head.": f"decoder.seg_layers.{NUM_LEVELS - 1}.",
+                           "decoder.deep_heads.": "decoder.seg_layers."}
+
     def __init__(
         self,
         input_channels: int,
         num_classes: int,
         conv_op: type[nn.Module] = nn.Conv2d,
         strides: Sequence[int | Sequence[int]] = DEFAULT_STRIDES_PER_LEVEL,
-        patch_size: Sequence[int] | None = None,
+        input_shape: Sequence[int] | None = None,
         embed_dim: int = 96,
         encoder_depths: Sequence[int] = (2, 2, 2, 2),
         decoder_depths: Sequence[int] = (2, 2, 2, 1),
@@ -127,18 +146,17 @@ class VMUNet(AbstractDynamicNetworkArchitectures):
         drop_path_rate: float = 0.2,
         deep_supervision: bool = False,
     ):
-        super().__init__()
-        if conv_op not in (nn.Conv2d, nn.Conv3d):
-            raise ValueError(f"VMUNet supports conv_op nn.Conv2d or nn.Conv3d, got {conv_op}")
-        self.spatial_dims = 3 if conv_op is nn.Conv3d else 2
+        super().__init__(conv_op)
         if len(strides) != NUM_LEVELS:
             raise ValueError(f"VMUNet needs {NUM_LEVELS} strides (embedding + 3 mergings), got {len(strides)}")
         if len(encoder_depths) != NUM_LEVELS or len(decoder_depths) != NUM_LEVELS:
             raise ValueError(f"VMUNet needs {NUM_LEVELS} encoder and decoder depths")
-        self.strides = [self._per_axis(s) for s in strides]
-        self.total_stride = tuple(int(v) for v in np.prod(self.strides, axis=0))
-        if patch_size is not None:
-            self._check_patch_size(patch_size)
+        if embed_dim < 4 or embed_dim % 4:
+            raise ValueError(f"VMUNet's embed_dim must be a positive multiple of 4 (the final expanding keeps "
+                             f"embed_dim / 4 channels), got {embed_dim}")
+        self.strides = [self.per_axis(s) for s in strides]
+        if input_shape is not None:
+            self.check_input_shape(input_shape)
 
         dims = [embed_dim * 2**i for i in range(NUM_LEVELS)]
         encoder_drop = _stage_drop_paths(encoder_depths, drop_path_rate)
@@ -151,32 +169,25 @@ class VMUNet(AbstractDynamicNetworkArchitectures):
         self.key_to_encoder = "encoder"
         self.key_to_stem = "stem"
         self.keys_to_in_proj = ("stem.proj",)
-        self.dims = dims
+        self.level_dims = dims
         self.depths = (tuple(encoder_depths), tuple(decoder_depths))
-        self.initialize(self)
+        self.init_weights(self)
 
-    def _per_axis(self, stride: int | Sequence[int]) -> tuple[int, ...]:
-        if isinstance(stride, (int, np.integer)):
-            return (int(stride),) * self.spatial_dims
-        stride = tuple(int(s) for s in stride)
-        if len(stride) != self.spatial_dims:
-            raise ValueError(f"stride {list(stride)} does not match {self.spatial_dims} spatial dimensions")
-        return stride
-
-    def _check_patch_size(self, patch_size: Sequence[int]) -> None:
-        if len(patch_size) != self.spatial_dims:
-            raise ValueError(
-                f"patch size {list(patch_size)} has {len(patch_size)} axes but this VMUNet is "
-                f"{self.spatial_dims}D (conv_op)")
-        too_small = [axis for axis, (p, s) in enumerate(zip(patch_size, self.total_stride)) if p < s]
-        if too_small:
-            raise ValueError(
-                f"patch size {list(patch_size)} is too small for the network depth: axes {too_small} are smaller "
-                f"than the total downsampling {list(self.total_stride)} (strides per level {self.strides}). "
-                f"Use a larger patch size or smaller strides on those axes.")
+    @classmethod
+    def from_plan(cls, configuration_manager, num_input_channels: int, num_output_channels: int,
+                  deep_supervision: bool, **overrides) -> "VMUNet":
+        """Strides from the plan's poolings: the embedding takes the first two, each merging one more."""
+        input_shape = [int(p) for p in configuration_manager.patch_size]
+        spatial_dims = len(input_shape)
+        kwargs = {
+            "conv_op": convert_dim_to_conv_op(spatial_dims),
+            "input_shape": input_shape,
+            "strides": strides_from_plan(configuration_manager.pool_op_kernel_sizes, spatial_dims, POOLS_PER_LEVEL),
+        } | overrides
+        return cls(num_input_channels, num_output_channels, deep_supervision=deep_supervision, **kwargs)
 
     @staticmethod
-    def initialize(module: nn.Module) -> None:
+    def init_weights(module: nn.Module) -> None:
         """VM-UNet's initialisation: truncated normal (std 0.02) linear weights, zero biases, unit norms."""
         for m in module.modules():
             if isinstance(m, nn.Linear):
@@ -188,45 +199,47 @@ class VMUNet(AbstractDynamicNetworkArchitectures):
                 nn.init.zeros_(m.bias)
 
     def level_feature_modules(self) -> tuple[list[nn.Module], list[nn.Module]]:
-        """The modules whose outputs are the level features f_1..f_4 of the encoder and of the decoder.
-
-        Shallowest (H/4) level first in both lists; outputs are channels-last ``(batch, *spatial, dims[l])``
-        on the internally padded grid. Auxiliary losses (self-distillation) hook these modules, so the
-        network's forward and its inference cost stay those of VM-UNet.
-        """
+        """The encoder and decoder VSS stages, shallowest (H/4) level first; outputs on the padded grid."""
         return list(self.encoder.stages), list(self.decoder.stages)[::-1]
 
     def level_strides(self) -> list[tuple[int, ...]]:
         """Per-axis stride from level l to level l + 1 (the three patch mergings)."""
         return list(self.strides[1:])
 
-    def deep_supervision_scales(self) -> list[list[float]]:
-        """Scale of every deep-supervision output per axis, relative to the input, highest resolution first."""
-        level_strides = np.cumprod(self.strides, axis=0)  # stride of decoder level l = stride of encoder level l
-        return [[1.0] * self.spatial_dims] + [[float(1.0 / s) for s in level_strides[level]] for level in range(1, NUM_LEVELS)]
-
     def forward(self, x: torch.Tensor):
         spatial = x.shape[2:]
-        padded = [math.ceil(size / s) * s for size, s in zip(spatial, self.total_stride)]
-        if list(padded) != list(spatial):
-            pad = []
-            for size, target in reversed(list(zip(spatial, padded))):
-                pad += [0, target - size]
-            x = F.pad(x, pad)
-        skips, bottleneck = self.encoder(self.stem(x))
+        padded = self.pad_to_total_stride(x)
+        skips, bottleneck = self.encoder(self.stem(padded))
         outputs = self.decoder(skips, bottleneck)
-        if list(padded) == list(spatial):
-            return outputs
-        return self._crop(outputs, spatial)
+        return outputs if padded.shape == x.shape else self.crop_outputs(outputs, spatial)
 
-    def _crop(self, outputs, spatial):
-        if not isinstance(outputs, list):
-            return outputs[(..., *(slice(0, s) for s in spatial))]
-        cropped = []
-        for out, scale in zip(outputs, self.deep_supervision_scales()):
-            size = [max(1, round(s * f)) for s, f in zip(spatial, scale)]
-            cropped.append(out[(..., *(slice(0, s) for s in size))])
-        return cropped
+    def load_pretrained(self, path) -> PretrainedReport:
+        """Encoder and decoder from a VMamba v0 ImageNet checkpoint (2D only), as VM-UNet does.
+
+        The stem and the encoder stages and mergings take VMamba's; decoder stage k takes VMamba stage 3 - k
+        (the deepest first), only the first ``depth`` blocks of each VMamba stage. The upsampling, the final
+        expanding and the heads keep their initialisation.
+        """
+        if self.spatial_dims != 2:
+            raise ValueError(
+                f"VMamba checkpoints are 2D (ImageNet) and this VMUNet is {self.spatial_dims}D: initialising a 3D "
+                f"network from them is not supported. Train the 3D configuration from scratch, or use a 2d "
+                f"configuration.")
+        return load_vmamba_v0(self, path, self.vmamba_v0_counterpart, stem_key="stem.proj")
+
+    @staticmethod
+    def vmamba_v0_counterpart(key: str) -> tuple[str, str] | None:
+        """The VMamba v0 key (and how to transform it) that network tensor ``key`` starts from."""
+        if match := re.fullmatch(r"stem\.(proj|norm)\.(weight|bias)", key):
+            return f"patch_embed.{match[1]}.{match[2]}", STEM_KERNEL if key == "stem.proj.weight" else COPY
+        if match := re.fullmatch(r"(encoder|decoder)\.stages\.(\d+)\.(\d+)\.(.+)", key):
+            stage = int(match[2])
+            level = stage if match[1] == "encoder" else NUM_LEVELS - 1 - stage
+            source = vmamba_v0_block_key(level, match[3], match[4])
+            return None if source is None else (source, COPY)
+        if match := re.fullmatch(r"encoder\.downsamples\.(\d+)\.(norm|reduction)\.(weight|bias)", key):
+            return f"layers.{match[1]}.downsample.{match[2]}.{match[3]}", MERGE_2X2
+        return None
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Activation elements of one forward pass, the quantity nnU-Net's planners budget memory with.
@@ -243,7 +256,7 @@ class VMUNet(AbstractDynamicNetworkArchitectures):
             tokens = tokens // np.array(self.strides[level])
             n = int(np.prod(tokens))
             blocks = self.depths[0][level] + self.depths[1][NUM_LEVELS - 1 - level]
-            total += n * blocks * self.dims[level] * activations_per_channel
-            total += n * self.dims[level] * 2  # merge/expand outputs
-        total += int(np.prod(input_size)) * (self.dims[0] // 4)  # final expanding
+            total += n * blocks * self.level_dims[level] * activations_per_channel
+            total += n * self.level_dims[level] * 2  # merge/expand outputs
+        total += int(np.prod(input_size)) * (self.level_dims[0] // 4)  # final expanding
         return int(total)

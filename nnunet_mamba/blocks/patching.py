@@ -14,6 +14,7 @@ import math
 from typing import Sequence
 
 import torch
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 from torch import nn
 
 
@@ -31,14 +32,17 @@ def _as_scale(scale: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
 class PatchEmbedding(nn.Module):
     """Non-overlapping strided convolution into ``embed_dim`` channels, then LayerNorm.
 
+    ``patch_embed_size`` is the size (= stride) of the embedded patches per axis, as in
+    dynamic-network-architectures' Primus; the training patch is the network's ``input_shape``.
+
     Takes channels-first images ``(B, C, *spatial)`` and returns channels-last tokens.
     """
 
-    def __init__(self, in_channels: int, embed_dim: int, patch_size: Sequence[int], conv_op: type[nn.Module]):
+    def __init__(self, in_channels: int, embed_dim: int, patch_embed_size: int | Sequence[int],
+                 conv_op: type[nn.Module]):
         super().__init__()
-        spatial_dims = 3 if conv_op is nn.Conv3d else 2
-        self.patch_size = _as_scale(patch_size, spatial_dims)
-        self.proj = conv_op(in_channels, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        self.patch_embed_size = _as_scale(patch_embed_size, convert_conv_op_to_dim(conv_op))
+        self.proj = conv_op(in_channels, embed_dim, kernel_size=self.patch_embed_size, stride=self.patch_embed_size)
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

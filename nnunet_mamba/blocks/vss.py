@@ -1,15 +1,17 @@
 """The visual-state-space (VSS) block: one implementation for 2D (SS2D) and 3D (SS3D).
 
-:class:`CrossScanSSM` is VMamba's SS2D generalised to N spatial axes. The feature map is read as
-1D sequences in ``2 * N`` directions, all sequences go through *one* grouped selective-scan call
-(the directions are the groups of B/C), and the results are folded back and summed.
+:class:`CrossScanSSM` is VMamba's SS2D generalised to N spatial axes (:class:`SS2D` and :class:`SS3D`
+fix N). The feature map is read as 1D sequences in ``2 * N`` directions, all sequences go through
+*one* grouped selective-scan call (the directions are the groups of B/C), and the results are folded
+back and summed in float32 even under AMP, as VMamba v0 does before its ``out_norm``.
 
 Directions. For each spatial axis ``a`` there is one ordering in which ``a`` varies fastest and the
 other axes keep their natural order; each ordering is scanned forward and reversed:
 
 * 2D: (H, W) row-major, (W, H) column-major, then both reversed: VMamba's four directions, in
   VMamba's order, so 2D checkpoints map one to one.
-* 3D (SS3D, our design; no public 3D VSS exists): (D, H, W), (D, W, H), (H, W, D) and their
+* 3D (SS3D, our design; we know of no public VMamba-v0-style 3D SS block, while SegMamba, nnMamba
+  and EM-Net are 3D Mamba segmenters built differently): (D, H, W), (D, W, H), (H, W, D) and their
   reverses: six directions, so every voxel sees every other voxel along every axis both ways.
 
 Cost of SS3D. Per block, with C channels, E = 2C inner channels, N = 16 states and L voxels: the
@@ -24,6 +26,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from dynamic_network_architectures.building_blocks.helper import convert_dim_to_conv_op
 from dynamic_network_architectures.building_blocks.regularization import DropPath
 from torch import nn
 
@@ -65,7 +68,7 @@ class CrossScanSSM(nn.Module):
         self.dt_rank = dt_rank if dt_rank is not None else math.ceil(dim / 16)
         k, e, r, n = self.num_directions, self.d_inner, self.dt_rank, d_state
 
-        conv_op = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        conv_op = convert_dim_to_conv_op(spatial_dims)
         self.in_proj = nn.Linear(dim, 2 * e, bias=False)
         self.depthwise_conv = conv_op(e, e, conv_kernel, padding=conv_kernel // 2, groups=e, bias=True)
         self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, e))
@@ -133,10 +136,28 @@ class CrossScanSSM(nn.Module):
             D=self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().reshape(-1),
             delta_softplus=True,
+            # summing 2N directions in bf16/fp16 would round every partial sum: merge in float32 (or float64)
+            out_dtype=torch.promote_types(xs.dtype, torch.float32),
         )
         y = self._cross_merge(ys.reshape(batch, k, e, length), spatial)
+        # no-op under autocast (float32 weights; layer_norm runs in float32); needed for a model cast to bf16
+        y = y.to(self.out_norm.weight.dtype)
         y = self.out_norm(torch.movedim(y, 1, -1)) * F.silu(z)
         return self.out_proj(y)
+
+
+class SS2D(CrossScanSSM):
+    """VMamba's SS2D: :class:`CrossScanSSM` over two spatial axes, four scan directions."""
+
+    def __init__(self, dim: int, **kwargs):
+        super().__init__(dim, spatial_dims=2, **kwargs)
+
+
+class SS3D(CrossScanSSM):
+    """:class:`CrossScanSSM` over three spatial axes, six scan directions."""
+
+    def __init__(self, dim: int, **kwargs):
+        super().__init__(dim, spatial_dims=3, **kwargs)
 
 
 class VSSBlock(nn.Module):

@@ -33,6 +33,15 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    import sys
+
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"nnunet-mamba benchmark {args.what}: --device {args.device} needs a CUDA GPU, and torch sees none "
+              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). Run it on a GPU machine, or "
+              f"use --device cpu.", file=sys.stderr)
+        return 2
     if args.what == "flops":
         return _run_flops(args)
     if args.what == "network":
@@ -56,21 +65,18 @@ def _run_flops(args) -> int:
     import sys
 
     import torch
-    from torch import nn
 
-    from nnunet_mamba.architectures import NETWORKS
+    from nnunet_mamba.architectures import build_network, synthetic_configuration
     from nnunet_mamba.benchmarks.flops import CONVOLUTION, LINEAR, SELECTIVE_SCAN, count_flops, format_flops_table
 
-    if args.network not in NETWORKS:
-        print(f"unknown network {args.network!r}; known: {', '.join(sorted(NETWORKS))}", file=sys.stderr)
-        return 2
-    if len(args.patch) not in (2, 3):
-        print(f"--patch needs 2 or 3 numbers, got {args.patch}", file=sys.stderr)
-        return 2
-    conv_op = nn.Conv3d if len(args.patch) == 3 else nn.Conv2d
     batch = args.batch or 1
     torch.manual_seed(0)
-    model = NETWORKS[args.network].network_class(args.input_channels, args.num_classes, conv_op=conv_op)
+    try:
+        model = build_network(args.network, synthetic_configuration(args.patch), args.input_channels,
+                              args.num_classes, deep_supervision=False)
+    except (KeyError, ValueError) as error:
+        print(f"nnunet-mamba benchmark flops: {error.args[0]}", file=sys.stderr)
+        return 2
     model = model.to(args.device).eval()
     x = torch.randn(batch, args.input_channels, *args.patch, device=args.device)
     report = count_flops(model, x)

@@ -18,7 +18,8 @@ def register(subparsers) -> None:
         description=(
             "Write Dataset<N>_<Name> (imagesTr, labelsTr, imagesTs, dataset.json) under $nnUNet_raw, and the "
             "standard split as splits_final.json under $nnUNet_preprocessed/Dataset<N>_<Name>/ (a copy also "
-            "stays in the raw dataset folder). See docs/datasets.md."
+            "stays in the raw dataset folder). The id must be unused in $nnUNet_raw, $nnUNet_preprocessed and "
+            "$nnUNet_results. See docs/datasets.md."
         ),
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -34,7 +35,11 @@ def register(subparsers) -> None:
         help="where to place splits_final.json (default: $nnUNet_preprocessed; skipped if neither is set)",
     )
     parser.add_argument("-np", "--num-processes", type=int, default=2, help="cases converted in parallel (default 2)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing dataset folder and a different splits_final.json in $nnUNet_preprocessed",
+    )
     parser.add_argument(
         "--no-test-images", action="store_true", help="leave out unlabelled official test images (imagesTs)"
     )
@@ -49,17 +54,21 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _root(option: Path | None, variable: str) -> Path | None:
+    if option is not None:
+        return option
+    return Path(os.environ[variable]) if os.environ.get(variable) else None
+
+
 def run(args: argparse.Namespace) -> int:
     from nnunet_mamba.datasets import ConversionError, SourceOptions, convert
 
-    preprocessed = args.preprocessed
-    if preprocessed is None and os.environ.get("nnUNet_preprocessed"):
-        preprocessed = Path(os.environ["nnUNet_preprocessed"])
-    options = SourceOptions(
-        include_unlabelled_test=not args.no_test_images,
-        resize=tuple(args.resize) if args.resize else None,
-    )
+    preprocessed = _root(args.preprocessed, "nnUNet_preprocessed")
     try:
+        options = SourceOptions(
+            include_unlabelled_test=not args.no_test_images,
+            resize=tuple(args.resize) if args.resize else None,
+        )
         folder = convert(
             args.name,
             args.src,
@@ -69,10 +78,11 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             preprocessed_root=preprocessed,
             options=options,
+            results_root=_root(None, "nnUNet_results"),
         )
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return getattr(error, "exit_code", 1)
     print(f"wrote {folder}")
     splits = folder / "splits_final.json"
     if splits.is_file():

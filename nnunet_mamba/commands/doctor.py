@@ -2,16 +2,33 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "doctor", help="report torch/CUDA, the selective-scan backend, mamba-ssm, nnU-Net paths and trainer lookup")
+        "doctor", help="report torch/CUDA, the selective-scan backend, mamba-ssm, nnU-Net paths and trainer lookup",
+        description="Check the installation: torch and CUDA, which selective-scan backend runs on CPU and GPU "
+                    "tensors, whether the compiled mamba-ssm kernel is present, the nnUNet_raw/_preprocessed/_results "
+                    "folders, and whether nnU-Net's own trainer lookup finds every nnunet-mamba trainer. Exits 1 "
+                    "when something needs fixing, with the fix.")
     parser.set_defaults(func=run)
 
 
 def _section(title: str) -> None:
     print(f"\n{title}")
+
+
+def _nnunet_folder_problem(name: str, value: str | None) -> str | None:
+    """nnU-Net finds datasets only in an existing nnUNet_raw; the other two folders it creates when needed."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        return f"{name}={value} is a file, not a folder; point {name} at a folder"
+    if name == "nnUNet_raw" and not path.exists():
+        return f"{name}={value} does not exist; create it (mkdir -p \"{value}\") or fix the variable"
+    return None
 
 
 def run(args) -> int:
@@ -32,7 +49,7 @@ def run(args) -> int:
 
     _section("selective scan")
     kernel_ok, kernel_reason = cuda_kernel_status()
-    print(f"  mamba-ssm CUDA kernel imports: {'yes' if kernel_ok else 'no - ' + kernel_reason}")
+    print(f"  mamba-ssm compiled CUDA kernel present: {'yes' if kernel_ok else 'no - ' + kernel_reason}")
     print(f"  {ENV_VAR}={os.environ.get(ENV_VAR, '(unset: auto)')}")
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         try:
@@ -44,8 +61,13 @@ def run(args) -> int:
         print("  note: on this GPU the pure-PyTorch scan runs; `pip install .[cuda]` builds the faster kernel")
 
     _section("nnU-Net environment")
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", discovery.ENV_VAR):
-        print(f"  {name}={os.environ.get(name, '(unset)')}")
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        value = os.environ.get(name)
+        problem = _nnunet_folder_problem(name, value)
+        if problem:
+            problems.append(problem)
+        print(f"  {name}={value if value else '(unset)'}{'  <- PROBLEM, see below' if problem else ''}")
+    print(f"  {discovery.ENV_VAR}={os.environ.get(discovery.ENV_VAR, '(unset)')}")
     print(f"  our trainers folder: {discovery.trainers_folder()}")
 
     _section("trainer lookup (nnU-Net's own recursive_find_trainer_class_by_name)")

@@ -64,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
         if not folder.is_dir():
             print(f"error: missing folder: {folder}", file=sys.stderr)
             return 1
+    suffix = "_transunet" if args.transunet_compat else ""
+    out = args.out or args.pred / f"evaluation_{args.protocol}{suffix}"
+    if out.exists() and not out.is_dir():
+        print(f"error: --out {out} is a file, not a folder; name a folder for the metrics files", file=sys.stderr)
+        return 1
     try:
         result = evaluate_folders(
             args.pred,
@@ -77,9 +82,11 @@ def run(args: argparse.Namespace) -> int:
     except (EvaluationError, ProtocolError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    suffix = "_transunet" if args.transunet_compat else ""
-    out = args.out or args.pred / f"evaluation_{args.protocol}{suffix}"
-    paths = write_outputs(result, out, make_plot=not args.no_plot)
+    try:
+        paths = write_outputs(result, out, make_plot=not args.no_plot)
+    except OSError as error:
+        print(f"error: cannot write the metrics files to --out {out}: {error}", file=sys.stderr)
+        return 1
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(format_table(result))

@@ -44,22 +44,42 @@ def _case_number(identifier: str, listed_in: Path) -> int:
         raise ConversionError(f"{listed_in}: unexpected case name {identifier!r} (expected amos_XXXX)") from None
 
 
-def _listed_files(entry, key: str) -> str | None:
+def _listed_files(entry, key: str, listed_in: Path, section: str) -> str | None:
     # The official file lists training/validation entries as {"image", "label"} and test entries as
     # either such a dict or a bare path; accept both.
     if isinstance(entry, str):
         return entry if key == "image" else None
-    return entry.get(key)
+    value = entry.get(key) if isinstance(entry, dict) else None
+    if value is None and key == "label":
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConversionError(
+            f"{listed_in}: {section} entry {entry!r} names no image file; use the dataset.json of the official "
+            f"amos22 download"
+        )
+    return value
 
 
 def _read_official_json(root: Path) -> dict:
     path = root / "dataset.json"
     if not path.is_file():
         raise ConversionError(f"missing file: {path}")
-    content = json.loads(path.read_text())
-    official_labels = {int(k) for k in content.get("labels", {})}
+    fix = "use the dataset.json of the official amos22 download"
+    try:
+        content = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ConversionError(f"{path}: not valid JSON ({error}); {fix}") from None
+    if not isinstance(content, dict) or not isinstance(content.get("labels"), dict):
+        raise ConversionError(f"{path}: expected a JSON object with a \"labels\" object; {fix}")
+    try:
+        official_labels = {int(k) for k in content["labels"]}
+    except ValueError:
+        raise ConversionError(f"{path}: label keys must be numbers, found {sorted(content['labels'])}; {fix}") from None
     if official_labels != set(range(len(AMOS_LABELS) + 1)):
         raise ConversionError(f"{path}: expected labels 0..{len(AMOS_LABELS)}, found {sorted(official_labels)}")
+    for section in ("training", "validation", "test"):
+        if not isinstance(content.get(section, []), list):
+            raise ConversionError(f"{path}: {section!r} must be a list of cases; {fix}")
     return content
 
 
@@ -76,16 +96,17 @@ def _plan(src: Path, options: SourceOptions, include_mri: bool) -> DatasetPlan:
     sections = [("training", "Tr"), ("validation", "Tr")]
     if options.include_unlabelled_test:
         sections.append(("test", "Ts"))
+    listed_in = root / "dataset.json"
     for section, subset in sections:
         for entry in official.get(section, []):
-            image_entry = _listed_files(entry, "image")
-            label_entry = _listed_files(entry, "label") if subset == "Tr" else None
+            image_entry = _listed_files(entry, "image", listed_in, section)
+            label_entry = _listed_files(entry, "label", listed_in, section) if subset == "Tr" else None
             image = root / image_entry
             identifier = image.name.removesuffix(".nii.gz")
-            if not include_mri and _case_number(identifier, root / "dataset.json") >= FIRST_MRI_CASE_NUMBER:
+            if not include_mri and _case_number(identifier, listed_in) >= FIRST_MRI_CASE_NUMBER:
                 continue
             if subset == "Tr" and label_entry is None:
-                raise ConversionError(f"{root / 'dataset.json'}: {section} case {identifier} lists no label")
+                raise ConversionError(f"{listed_in}: {section} case {identifier} lists no label")
             label = root / label_entry if label_entry else None
             cases.append(CaseJob(identifier, subset, "volume", image, label, label_map if label else None))
             if section in split_members:

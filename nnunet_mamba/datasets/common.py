@@ -5,28 +5,48 @@ A converter only *plans* a dataset (which source file becomes which case, the la
 exists before any work starts, converts the cases in parallel behind a progress bar into a hidden
 staging folder next to the destination, writes ``dataset.json`` (and ``splits_final.json``), and only
 then renames the staging folder into place. An interrupted or failed conversion therefore never
-leaves a folder that nnU-Net would mistake for a finished dataset.
+leaves a folder that nnU-Net would mistake for a finished dataset: errors, Ctrl-C and SIGTERM remove
+the staging folder, and one left by a killed process (SIGKILL, power loss) is removed by the next
+conversion into the same root.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
+import signal
+import socket
 import sys
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .parallel import parallel_map
+from .volumes import Geometry, VolumeError, check_complete, onto_grid, read_image, reader_error
+
 SPLITS_FILENAME = "splits_final.json"
+# Test hook: seconds each case waits before it is written, so that a test can interrupt a conversion.
+CASE_DELAY_ENV = "NNUNET_MAMBA_TEST_CASE_DELAY"
+_STAGING_NAME = re.compile(r"\.(?P<dataset>Dataset\d{3}_.+)\.(?P<kind>partial|old)-(?P<pid>\d+)")
+_OWNER_FILE = ".nnunet-mamba-staging-owner"  # host of the process that made a staging folder
 
 
 class ConversionError(RuntimeError):
     """A source tree that cannot be converted as it is; the message names the offending file."""
+
+
+class ConversionInterrupted(ConversionError):
+    """The conversion was stopped by a signal; the partial output has been removed."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -35,6 +55,11 @@ class SourceOptions:
 
     include_unlabelled_test: bool = True
     resize: tuple[int, int] | None = None  # (height, width) for 2D images; None keeps the original size
+
+    def __post_init__(self):
+        if self.resize is not None and (len(self.resize) != 2 or min(self.resize) <= 0):
+            sizes = " ".join(str(n) for n in self.resize)
+            raise ConversionError(f"--resize {sizes}: give a positive HEIGHT and WIDTH, e.g. --resize 256 256")
 
 
 @dataclass(frozen=True)
@@ -104,6 +129,14 @@ def remap_labels(values: np.ndarray, label_map: Mapping[int, int], source: Path)
     return lookup[values.astype(np.int64)]
 
 
+@contextlib.contextmanager
+def _as_conversion_error() -> Iterator[None]:
+    try:
+        yield
+    except VolumeError as error:
+        raise ConversionError(str(error)) from None
+
+
 def _write_volume_case(job: CaseJob, staging: Path, file_ending: str) -> list[str]:
     import SimpleITK as sitk
 
@@ -111,10 +144,13 @@ def _write_volume_case(job: CaseJob, staging: Path, file_ending: str) -> list[st
     image_out = staging / f"images{job.subset}" / f"{job.identifier}_0000{file_ending}"
     header = sitk.ImageFileReader()
     header.SetFileName(str(job.image))
-    try:
-        header.ReadImageInformation()
-    except RuntimeError as error:
-        raise ConversionError(f"{job.image}: cannot be read as an image ({error})") from error
+    with _as_conversion_error():
+        # SimpleITK reads a cut-off file without complaint (zeros where voxels are missing), so check first.
+        check_complete(job.image)
+        try:
+            header.ReadImageInformation()
+        except RuntimeError as error:
+            raise reader_error(job.image, error) from None
     if header.GetDimension() != 3 or header.GetNumberOfComponents() != 1:
         raise ConversionError(
             f"{job.image}: expected a single-channel 3D volume, got {header.GetDimension()}D with "
@@ -124,25 +160,23 @@ def _write_volume_case(job: CaseJob, staging: Path, file_ending: str) -> list[st
     if str(job.image).endswith(file_ending):
         shutil.copyfile(job.image, image_out)
     else:
-        sitk.WriteImage(sitk.ReadImage(str(job.image)), str(image_out), useCompression=True)
+        with _as_conversion_error():
+            sitk.WriteImage(read_image(job.image), str(image_out), useCompression=True)
 
     if job.label is None:
         return warnings
-    label = sitk.ReadImage(str(job.label))
-    if label.GetSize() != header.GetSize():
-        raise ConversionError(
-            f"{job.label}: size {label.GetSize()} does not match its image {job.image} ({header.GetSize()})"
+    with _as_conversion_error():
+        label = read_image(job.label)
+        values, reoriented = onto_grid(
+            sitk.GetArrayViewFromImage(label), Geometry.of(label), job.label, Geometry.of(header), job.image
         )
-    if not np.allclose(label.GetSpacing(), header.GetSpacing(), rtol=1e-3, atol=1e-4) or not np.allclose(
-        label.GetOrigin(), header.GetOrigin(), atol=1e-2
-    ):
+    if reoriented:
         warnings.append(
-            f"{job.label}: spacing/origin differ slightly from {job.image}; the image geometry was kept"
+            f"{job.label}: stored in another axis order or direction than {job.image}; reoriented onto the image grid"
         )
-    remapped = remap_labels(sitk.GetArrayViewFromImage(label), job.label_map or {}, job.label)
-    label_out = sitk.GetImageFromArray(remapped)
-    # Some public label files carry headers that drift from their image (LiTS is known for it); nnU-Net
-    # needs identical geometry, and the voxel grids are equal (checked above), so the image's wins.
+    label_out = sitk.GetImageFromArray(remap_labels(values, job.label_map or {}, job.label))
+    # The grids match within nnU-Net's tolerances (or were made to); the image's header is written so
+    # that both files carry identical geometry, as nnU-Net wants.
     label_out.SetSpacing(header.GetSpacing())
     label_out.SetOrigin(header.GetOrigin())
     label_out.SetDirection(header.GetDirection())
@@ -150,12 +184,18 @@ def _write_volume_case(job: CaseJob, staging: Path, file_ending: str) -> list[st
     return warnings
 
 
+_PIL_READ_ERRORS = (OSError, SyntaxError, ValueError)  # truncated, not an image, broken chunks
+
+
 def _read_mask(path: Path) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as mask:
-        # 1-bit masks would come back as booleans; "L" gives them the documented 0/255 values.
-        mask = mask.convert("L") if mask.mode in ("1", "P") else mask.copy()
+    try:
+        with Image.open(path) as mask:
+            # 1-bit masks would come back as booleans; "L" gives them the documented 0/255 values.
+            mask = mask.convert("L") if mask.mode in ("1", "P") else mask.copy()
+    except _PIL_READ_ERRORS as error:
+        raise ConversionError(str(reader_error(path, error, "a mask image"))) from None
     values = np.asarray(mask)
     if values.ndim == 3:
         if not all(np.array_equal(values[..., 0], values[..., c]) for c in range(1, min(values.shape[-1], 3))):
@@ -170,8 +210,8 @@ def _write_rgb_case(job: CaseJob, staging: Path, file_ending: str) -> list[str]:
     try:
         with Image.open(job.image) as source:
             image = source.convert("RGB")
-    except OSError as error:
-        raise ConversionError(f"{job.image}: cannot be read as an image ({error})") from error
+    except _PIL_READ_ERRORS as error:
+        raise ConversionError(str(reader_error(job.image, error))) from None
     label_image = None
     if job.label is not None:
         mask = _read_mask(job.label)
@@ -200,6 +240,9 @@ _CASE_WRITERS: dict[str, Callable[[CaseJob, Path, str], list[str]]] = {
 
 
 def _write_case(job: CaseJob, staging: Path, file_ending: str) -> list[str]:
+    delay = float(os.environ.get(CASE_DELAY_ENV) or 0)
+    if delay > 0:
+        time.sleep(delay)
     return _CASE_WRITERS[job.kind](job, staging, file_ending)
 
 
@@ -242,38 +285,155 @@ def _dataset_json(plan: DatasetPlan) -> dict:
 
 
 def _write_json(path: Path, content) -> None:
-    path.write_text(json.dumps(content, indent=2) + "\n")
+    """Write ``content`` to ``path`` in one step: a reader sees the old file or the new one, never half of it."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        temporary.write_text(json.dumps(content, indent=2) + "\n")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _run_jobs(jobs: Sequence[CaseJob], staging: Path, file_ending: str, num_processes: int, desc: str) -> list[str]:
-    from tqdm import tqdm
-
-    warnings: list[str] = []
-    with tqdm(total=len(jobs), desc=desc, unit="case", file=sys.stderr) as progress:
-        if num_processes <= 1:
-            for job in jobs:
-                warnings += _write_case(job, staging, file_ending)
-                progress.update()
-            return warnings
-        # spawn: the parent may hold torch/OpenMP threads, which fork does not copy safely.
-        with ProcessPoolExecutor(num_processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-            pending = {pool.submit(_write_case, job, staging, file_ending) for job in jobs}
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    if future.exception() is not None:
-                        pool.shutdown(wait=True, cancel_futures=True)
-                        raise future.exception()
-                    warnings += future.result()
-                    progress.update()
-    return warnings
+    results = parallel_map(_write_case, [(job, staging, file_ending) for job in jobs], num_processes, desc)
+    return [warning for warnings in results for warning in warnings]
 
 
 def write_splits(splits: list[dict[str, list[str]]], folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConversionError(f"cannot create {folder} for {SPLITS_FILENAME}: {error}") from None
     path = folder / SPLITS_FILENAME
     _write_json(path, splits)
     return path
+
+
+def _require_folder(path: Path, option: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise ConversionError(f"{path} is a file, not a folder; {option} must name a folder")
+
+
+def _check_id_is_free(dataset_id: int, folder_name: str, roots: Mapping[str, Path | None]) -> None:
+    """nnU-Net resolves an id by folder prefix across raw, preprocessed and results, and refuses an id with
+    two names; so must we, before it is too late."""
+    prefix = f"Dataset{dataset_id:03d}"  # the prefix nnU-Net's own lookup matches
+    for variable, root in roots.items():
+        if root is None or not Path(root).is_dir():
+            continue
+        for entry in sorted(Path(root).iterdir()):
+            if entry.name.startswith(prefix) and entry.name != folder_name and entry.is_dir():
+                raise ConversionError(
+                    f"dataset id {dataset_id} is already used by {entry} (in {variable}); nnU-Net refuses an id "
+                    f"with two names: pick another --dataset-id, or remove that folder"
+                )
+
+
+def _check_split_replaceable(target: Path, splits: list[dict[str, list[str]]]) -> None:
+    if not target.exists():
+        return
+    try:
+        existing = json.loads(target.read_text())
+    except (OSError, ValueError):
+        existing = None
+    if existing != splits:
+        raise ConversionError(
+            f"{target} already exists and holds a different split; pass --overwrite to replace it "
+            f"(or move the file away to keep it)"
+        )
+
+
+def _stale_preprocessed_note(folder: Path, dataset_id: int, wrote_split: bool) -> str | None:
+    """nnU-Net reuses an existing fingerprint and plans; after a (re)conversion they may describe other data."""
+    if not folder.is_dir():
+        return None
+    stale = sorted(
+        entry.name + ("/" if entry.is_dir() else "")
+        for entry in folder.iterdir()
+        if not entry.name.startswith(".") and not (wrote_split and entry.name == SPLITS_FILENAME)
+    )
+    if not stale:
+        return None
+    return (
+        f"{folder} still holds {', '.join(stale)} from before this conversion; nnU-Net would reuse them as they "
+        f"are: rerun nnUNetv2_plan_and_preprocess -d {dataset_id} --clean (or delete them) before training"
+    )
+
+
+# --- staging folders ------------------------------------------------------------------------------
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, under another user
+        return True
+    try:  # a killed process that nobody has reaped yet is a zombie: dead for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def sweep_stale_staging(root: Path) -> list[str]:
+    """Remove the staging folders under ``root`` that a conversion killed outright (SIGKILL, power loss)
+    left behind; returns one note per folder removed or left alone on purpose."""
+    notes: list[str] = []
+    host = socket.gethostname()
+    for entry in sorted(Path(root).iterdir()):
+        match = _STAGING_NAME.fullmatch(entry.name)
+        if match is None or not entry.is_dir() or int(match["pid"]) == os.getpid():
+            continue
+        pid = int(match["pid"])
+        try:
+            owner = (entry / _OWNER_FILE).read_text().strip()
+        except OSError:
+            owner = host
+        if owner != host or _process_alive(pid):
+            continue  # still being written, possibly by another machine sharing this folder
+        if match["kind"] == "old" and not (Path(root) / match["dataset"]).exists():
+            notes.append(
+                f"{entry} holds the previous {match['dataset']} of an --overwrite that was killed; rename it to "
+                f"{Path(root) / match['dataset']} to keep it, or delete it"
+            )
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        notes.append(f"removed {entry}, left by a conversion (process {pid}) that was killed")
+    return notes
+
+
+@contextlib.contextmanager
+def _staging_folder(staging: Path) -> Iterator[Path]:
+    """Create ``staging``; remove it again if the block fails, is interrupted (Ctrl-C) or the process gets
+    SIGTERM/SIGHUP, which are turned into :class:`ConversionInterrupted` while the block runs."""
+    received: list[int] = []
+
+    def on_signal(signum, frame):
+        if received:
+            return  # already on the way out
+        received.append(signum)
+        raise ConversionInterrupted(
+            f"stopped by {signal.Signals(signum).name}; removed the unfinished output {staging}", 128 + signum
+        )
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if signum is not None:
+                previous[signum] = signal.signal(signum, on_signal)
+    try:
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+        (staging / _OWNER_FILE).write_text(socket.gethostname() + "\n")
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def write_dataset(
@@ -283,50 +443,62 @@ def write_dataset(
     num_processes: int = 2,
     overwrite: bool = False,
     preprocessed_root: Path | None = None,
+    results_root: Path | None = None,
 ) -> Path:
     """Write ``plan`` as ``<out_root>/Dataset<id>_<name>`` and return that folder.
 
     The split (if the plan has one) is written next to ``dataset.json`` as a record and, when
     ``preprocessed_root`` is given, to ``<preprocessed_root>/Dataset<id>_<name>/splits_final.json``
-    where nnU-Net's trainer looks for it.
+    where nnU-Net's trainer looks for it; a different split already there is only replaced with
+    ``overwrite``. The id must not be used by another name in any of the three nnU-Net roots given.
     """
     out_root = Path(out_root) if out_root is not None else default_raw_root()
     folder_name = dataset_folder_name(dataset_id, plan.name)
     destination = out_root / folder_name
+    _require_folder(out_root, "--out (or $nnUNet_raw)")
+    preprocessed_folder = Path(preprocessed_root) / folder_name if preprocessed_root is not None else None
+    if preprocessed_folder is not None:
+        _require_folder(preprocessed_folder.parent, "--preprocessed (or $nnUNet_preprocessed)")
+        _require_folder(preprocessed_folder, "the dataset's preprocessed folder")
     _check_plan(plan)
-
-    # nnU-Net resolves a dataset id by folder prefix, so two names for one id would be ambiguous.
-    prefix = f"Dataset{dataset_id:03d}_"
-    if out_root.is_dir():
-        clashes = [p.name for p in out_root.iterdir() if p.name.startswith(prefix) and p.name != folder_name]
-        if clashes:
-            raise ConversionError(f"dataset id {dataset_id} is already used by {out_root / clashes[0]}")
+    _check_id_is_free(
+        dataset_id,
+        folder_name,
+        {"nnUNet_raw": out_root, "nnUNet_preprocessed": preprocessed_root, "nnUNet_results": results_root},
+    )
     if destination.exists() and not overwrite:
         raise ConversionError(f"{destination} already exists (pass --overwrite to replace it)")
+    split_target = preprocessed_folder / SPLITS_FILENAME if plan.splits and preprocessed_folder else None
+    if split_target is not None and not overwrite:
+        _check_split_replaceable(split_target, plan.splits)
 
-    out_root.mkdir(parents=True, exist_ok=True)
-    staging = out_root / f".{folder_name}.partial-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
     try:
+        out_root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConversionError(f"cannot create {out_root} (--out or $nnUNet_raw): {error}") from None
+    for note in sweep_stale_staging(out_root):
+        print(f"note: {note}", file=sys.stderr)
+    with _staging_folder(out_root / f".{folder_name}.partial-{os.getpid()}") as staging:
         for subset in ("Tr", "Ts"):
             cases = plan.cases_in(subset)
             if cases:
-                (staging / f"images{subset}").mkdir(parents=True)
+                (staging / f"images{subset}").mkdir()
             if any(c.label is not None for c in cases):
-                (staging / f"labels{subset}").mkdir(parents=True)
+                (staging / f"labels{subset}").mkdir()
         warnings = _run_jobs(plan.cases, staging, plan.file_ending, num_processes, f"Converting {folder_name}")
         _write_json(staging / "dataset.json", _dataset_json(plan))
         if plan.splits:
             write_splits(plan.splits, staging)
+        (staging / _OWNER_FILE).unlink()
         _move_into_place(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if plan.splits and preprocessed_root is not None:
-        write_splits(plan.splits, Path(preprocessed_root) / folder_name)
+    if split_target is not None:
+        write_splits(plan.splits, split_target.parent)
+    if preprocessed_folder is not None:
+        note = _stale_preprocessed_note(preprocessed_folder, dataset_id, wrote_split=split_target is not None)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     return destination
 
 

@@ -8,34 +8,36 @@ stage produces f_1^d.
 Projection self-distillation (global, Eq. 2)::
 
     f^_l = Conv1x1(Lin(f_l))                      Lin: to the f_1 grid, Conv1x1: to C = dims[0] channels
-    L_proj = sum_{l=1..M} MSE(f^_l^e, f_1^e) + sum_{l=2..M} MSE(f^_l^d, f_1^d)
+    paper: L_proj = sum_{l=1..M} Distill(f^_l^e, f_1^e) + sum_{l=1..M-1} Distill(f^_l^d, f_1^d)
+    ours:  L_proj = sum_{l=1..M} MSE(f^_l^e, f_1^e)     + sum_{l=2..M}   MSE(f^_l^d, f_1^d)
 
 Progressive self-distillation (local, Eq. 3), between adjacent levels l-1 and l::
 
-    f~_l = Interp(Conv1x1(f_l))                   Conv1x1: to dims[l-1] channels, Interp: bi/trilinear to the
-                                                  grid of level l-1
-    L_prog = sum_{l=2..M} MSE(f_{l-1}^e, f~_l^e) + MSE(f~_l^d, f_{l-1}^d)
+    encoder (the deeper f_l teaches the shallower f_{l-1}):  MSE(Conv1x1(f_{l-1}^e), Interp(f_l^e))
+    decoder (the later f_{l-1} teaches the earlier f_l):     MSE(Interp(Conv1x1(f_l^d)), f_{l-1}^d)
+    L_prog = sum_{l=2..M} of both                 Interp: bi/trilinear to the grid of level l-1
 
 Choices where the paper is ambiguous, and why:
 
 * ``Lin`` must be learned and linear and must change the grid (the paper keeps the channel count,
-  ``2^{l-1}C x H/4 x W/4``). A dense linear map over all positions would need (H/4 W/4)^2 weights per level
-  (16.7M at 256x256, far more in 3D) and would tie the heads to one patch size, so each channel of each
-  token is mapped linearly onto its block of the f_1 grid: a depthwise transposed convolution with kernel =
-  stride = the level's scale per axis (anisotropic plans included). It starts as nearest-neighbour
-  upsampling (all weights 1) and learns from there; for f_1 itself the scale is 1 and ``Lin`` is the
-  identity.
-* Teachers. The encoder's projection teacher is f_1^e and the decoder's is the last decoder level f_1^d, as
-  in Eq. 2. Eq. 2's encoder sum starts at l = 1, so f_1^e is also aligned (through its own 1x1 head) to
-  itself; its decoder sum has M - 1 terms, read here as every decoder level but the teacher. In the
-  progressive loss the deeper level teaches the shallower one in the encoder and the later (shallower)
-  level teaches the earlier one in the decoder; in both, the deeper feature is the one that is convolved
-  and upsampled (the paper's "lower dimensionality is aligned to the higher").
+  ``2^{l-1}C x H/4 x W/4``). A dense linear map over all positions would need H_l W_l x (H/4 W/4) weights
+  per level (4.2M, 1.0M and 0.26M for levels 2-4 at 256x256, far more in 3D) and, above all, would tie
+  the heads to one patch size, so each channel of each token is mapped linearly onto its block of the f_1
+  grid: a depthwise transposed convolution with kernel = stride = the level's scale per axis (anisotropic
+  plans included). It starts as nearest-neighbour upsampling (all weights 1) and learns from there; for
+  f_1 itself the scale is 1 and ``Lin`` is the identity.
+* Projection teachers and sums. The encoder's teacher is f_1^e and the decoder's is the last decoder level
+  f_1^d, as in Eq. 2. Eq. 2's decoder sum runs over l = 1..M-1, which includes the trivial pair
+  (f^_1^d, f_1^d) and leaves out the bottleneck level f_M^d; we read its M - 1 terms as "every decoder
+  level but the teacher" (l = 2..M), so every decoder level is distilled, as every encoder level is.
+* Learned heads sit on the student side only. A learned head on a detached teacher would learn to imitate
+  its student and move the target towards it, so in the encoder's progressive term the shallower student
+  is brought to the teacher's channels by the 1x1 convolution and the deeper teacher is only interpolated
+  (parameter-free) to the student's grid; in the decoder the deeper student is convolved and interpolated.
+  Both keep the paper's "lower dimensionality aligned to the higher" on the grid of level l-1.
 * Teacher features are detached by default (``detach_teachers``): the loss moves the students towards the
   teacher, never the teacher's backbone features towards a shallower level, which is the point of
   distilling high-level semantics downwards and keeps the teacher from collapsing onto its students.
-  Learned heads on the teacher side (the encoder's progressive 1x1 convolutions) still learn: only the
-  backbone activation is detached.
 * Distances are mean squared errors over all elements, computed in float32 (also under AMP), summed over
   the pairs as in Eqs. 2-3.
 
@@ -52,12 +54,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_mamba.architectures import CONV_OPS
+from dynamic_network_architectures.building_blocks.helper import convert_dim_to_conv_op, get_matching_convtransp
 
 PROJECTION = "projection"
 PROGRESSIVE = "progressive"
 
-_TRANSPOSED_CONV = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 _INTERPOLATION = {2: "bilinear", 3: "trilinear"}
 
 
@@ -78,7 +79,7 @@ class SpatialProjection(nn.Module):
     def __init__(self, channels: int, scale: Sequence[int]):
         super().__init__()
         self.scale = tuple(int(s) for s in scale)
-        self.lift = _TRANSPOSED_CONV[len(self.scale)](channels, channels, kernel_size=self.scale,
+        self.lift = get_matching_convtransp(dimension=len(self.scale))(channels, channels, kernel_size=self.scale,
                                                       stride=self.scale, groups=channels, bias=False)
         nn.init.ones_(self.lift.weight)  # nearest-neighbour upsampling to begin with
 
@@ -93,22 +94,28 @@ class ProjectionHead(nn.Module):
         super().__init__()
         spatial_dims = len(scale)
         self.spatial = SpatialProjection(in_channels, scale) if math.prod(scale) > 1 else nn.Identity()
-        self.channel = CONV_OPS[spatial_dims](in_channels, out_channels, kernel_size=1)
+        self.channel = convert_dim_to_conv_op(spatial_dims)(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.channel(self.spatial(x))
 
 
+def interpolate_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear (2D) or trilinear (3D) resampling of channels-first ``x`` to ``size``; identity if already there."""
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode=_INTERPOLATION[x.dim() - 2], align_corners=False)
+
+
 class ProgressiveHead(nn.Module):
-    """1x1 convolution to the shallower level's channels, then bi/trilinear upsampling to its grid (Eq. 3)."""
+    """1x1 convolution to the other level's channels, then bi/trilinear resampling to ``size`` (Eq. 3)."""
 
     def __init__(self, in_channels: int, out_channels: int, spatial_dims: int):
         super().__init__()
-        self.channel = CONV_OPS[spatial_dims](in_channels, out_channels, kernel_size=1)
-        self.mode = _INTERPOLATION[spatial_dims]
+        self.channel = convert_dim_to_conv_op(spatial_dims)(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        return F.interpolate(self.channel(x), size=tuple(size), mode=self.mode, align_corners=False)
+        return interpolate_to(self.channel(x), size)
 
 
 class DualSelfDistillation(nn.Module):
@@ -144,15 +151,16 @@ class DualSelfDistillation(nn.Module):
             self.decoder_projection = nn.ModuleList(
                 ProjectionHead(self.dims[l], self.dims[0], scales[l]) for l in range(1, self.levels))
         if progressive:
+            # student side: the shallower level to the deeper (teacher) level's channels
             self.encoder_progressive = nn.ModuleList(
-                ProgressiveHead(self.dims[l], self.dims[l - 1], self.spatial_dims) for l in range(1, self.levels))
+                ProgressiveHead(self.dims[l - 1], self.dims[l], self.spatial_dims) for l in range(1, self.levels))
             self.decoder_progressive = nn.ModuleList(
                 ProgressiveHead(self.dims[l], self.dims[l - 1], self.spatial_dims) for l in range(1, self.levels))
 
     @classmethod
     def for_network(cls, network, **kwargs) -> "DualSelfDistillation":
-        """Heads sized for a network that offers ``dims`` and ``level_strides()`` (e.g. VMUNet)."""
-        return cls(network.dims, network.level_strides(), **kwargs)
+        """Heads sized for a :class:`~nnunet_mamba.architectures.LevelFeatureNetwork` (e.g. VMUNet)."""
+        return cls(network.level_dims, network.level_strides(), **kwargs)
 
     @property
     def terms(self) -> list[str]:
@@ -191,7 +199,8 @@ class DualSelfDistillation(nn.Module):
         for l in range(1, self.levels):
             finer = encoder[l - 1].shape[2:]
             # encoder: the deeper level teaches the shallower one
-            loss = loss + feature_mse(encoder[l - 1], self.encoder_progressive[l - 1](self._teacher(encoder[l]), finer))
+            loss = loss + feature_mse(self.encoder_progressive[l - 1](encoder[l - 1], finer),
+                                      interpolate_to(self._teacher(encoder[l]), finer))
             # decoder: the later (shallower) level teaches the earlier, deeper one
             loss = loss + feature_mse(self.decoder_progressive[l - 1](decoder[l], finer), self._teacher(decoder[l - 1]))
         return loss

@@ -108,6 +108,12 @@ def resolve_classes(
         raise ProtocolError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
     if not selected:
         raise ProtocolError("no foreground label to evaluate")
+    unknown = sorted(set(nsd_tolerances or {}) - {"default"} - set(selected))
+    if unknown:
+        raise ProtocolError(
+            f"--nsd-tolerance {unknown[0]}={nsd_tolerances[unknown[0]]:g}: the {protocol} protocol evaluates no class "
+            f"named {unknown[0]!r} (it evaluates {', '.join(selected)}); check the spelling"
+        )
     return [EvalClass(name, values, nsd_tolerance_for(name, nsd_tolerances)) for name, values in selected.items()]
 
 

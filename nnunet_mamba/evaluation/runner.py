@@ -1,15 +1,21 @@
-"""Evaluate a folder of predictions against a folder of references, case by case in parallel."""
+"""Evaluate a folder of predictions against a folder of references, case by case in parallel.
+
+Before a case is scored its two files are checked: complete (not truncated), on the same voxel grid
+(a pure reorientation of the prediction is undone, any other difference is an error: a mirrored
+prediction would otherwise score perfectly), and holding only known label values (0/255 masks would
+otherwise score 0).
+"""
 from __future__ import annotations
 
 import json
-import multiprocessing
-import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from nnunet_mamba.datasets.parallel import parallel_map
+from nnunet_mamba.datasets.volumes import Geometry, VolumeError, onto_grid, read_image
 
 from .metrics import score_region
 from .protocols import EvalClass, resolve_classes, summarize
@@ -33,37 +39,92 @@ class EvaluationResult:
 
 def case_files(folder: Path) -> dict[str, Path]:
     """Segmentation files in ``folder`` keyed by case identifier (file name without its ending)."""
-    files = {}
+    files: dict[str, Path] = {}
     for path in sorted(Path(folder).iterdir()):
         ending = next((e for e in SEGMENTATION_ENDINGS if path.name.lower().endswith(e)), None)
-        if path.is_file() and ending is not None:
-            files[path.name[: -len(ending)]] = path
+        if not path.is_file() or ending is None:
+            continue
+        case = path.name[: -len(ending)]
+        if case in files:
+            raise EvaluationError(
+                f"{files[case]} and {path} are both case {case!r}; move one of them out of {folder}"
+            )
+        files[case] = path
     return files
 
 
-def read_segmentation(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Label array (numpy axis order) and spacing in the same axis order."""
+def read_segmentation(path: Path) -> tuple[np.ndarray, Geometry]:
+    """Label array (numpy axis order) and the voxel grid it lies on."""
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(str(path))
+    try:
+        image = read_image(path, "a segmentation")
+    except VolumeError as error:
+        raise EvaluationError(str(error)) from None
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise EvaluationError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} channels, expected a label map")
-    return sitk.GetArrayFromImage(image), tuple(reversed(image.GetSpacing()))
+    return sitk.GetArrayFromImage(image), Geometry.of(image)
+
+
+def spacing_of(geometry: Geometry) -> tuple[float, ...]:
+    """The spacing in numpy axis order."""
+    return tuple(reversed(geometry.spacing))
+
+
+def label_values(array: np.ndarray) -> list:
+    """The distinct values of a label array (fast for the usual small unsigned integers)."""
+    if array.dtype.kind in "ub" and array.dtype.itemsize <= 2:
+        return np.flatnonzero(np.bincount(array.reshape(-1).astype(np.int64, copy=False))).tolist()
+    return np.unique(array).tolist()
+
+
+@dataclass(frozen=True)
+class LabelCheck:
+    """Which label values the files may hold; ``strict``: others are an error, else a warning."""
+
+    allowed: frozenset[int]
+    source: str  # where ``allowed`` comes from, for the message
+    strict: bool = True
+
+    def problem(self, path: Path, array: np.ndarray) -> str | None:
+        unexpected = [v for v in label_values(array) if v != int(v) or int(v) not in self.allowed]
+        if not unexpected:
+            return None
+        shown = [int(v) if v == int(v) else v for v in unexpected]
+        return (
+            f"{path}: label value(s) {shown} are not in {self.source} (expected {sorted(self.allowed)}); they "
+            f"would score as wrong: remap them (e.g. a 0/255 mask to 0/1) or pass the matching --dataset-json"
+        )
 
 
 def evaluate_case(
-    case: str, pred_path: Path, ref_path: Path, classes: Sequence[EvalClass], transunet_compat: bool
+    case: str,
+    pred_path: Path,
+    ref_path: Path,
+    classes: Sequence[EvalClass],
+    transunet_compat: bool,
+    label_check: LabelCheck | None = None,
 ) -> tuple[list[dict], list[str]]:
     import torch
 
     torch.set_num_threads(1)  # parallelism is over cases
-    pred, pred_spacing = read_segmentation(pred_path)
-    ref, spacing = read_segmentation(ref_path)
-    if pred.shape != ref.shape:
-        raise EvaluationError(f"{pred_path}: shape {pred.shape} differs from the reference {ref_path} {ref.shape}")
+    pred, pred_geometry = read_segmentation(pred_path)
+    ref, ref_geometry = read_segmentation(ref_path)
     warnings = []
-    if not np.allclose(pred_spacing, spacing, rtol=1e-3):
-        warnings.append(f"{pred_path}: spacing {pred_spacing} differs from the reference's {spacing}; used the latter")
+    try:
+        pred, reoriented = onto_grid(pred, pred_geometry, pred_path, ref_geometry, ref_path, role="reference")
+    except VolumeError as error:
+        raise EvaluationError(str(error)) from None
+    if reoriented:
+        warnings.append(f"{pred_path}: stored in another axis order or direction than {ref_path}; reoriented onto it")
+    if label_check is not None:
+        for path, array in ((pred_path, pred), (ref_path, ref)):
+            problem = label_check.problem(path, array)
+            if problem and label_check.strict:
+                raise EvaluationError(problem)
+            if problem:
+                warnings.append(problem)
+    spacing = spacing_of(ref_geometry)
     rows = []
     for eval_class in classes:
         scores = score_region(
@@ -78,7 +139,7 @@ def evaluate_case(
 
 
 def _labels_in(path: Path) -> list[int]:
-    return np.unique(read_segmentation(path)[0]).astype(int).tolist()
+    return [int(v) for v in label_values(read_segmentation(path)[0])]
 
 
 def find_dataset_json(pred_dir: Path, ref_dir: Path) -> Path | None:
@@ -89,22 +150,37 @@ def find_dataset_json(pred_dir: Path, ref_dir: Path) -> Path | None:
     return None
 
 
-def _map(function, argument_tuples: list[tuple], num_processes: int, desc: str) -> list:
-    from tqdm import tqdm
+def read_label_names(path: Path, given: bool) -> dict:
+    """dataset.json's ``labels``; ``given``: the path came from --dataset-json (named so in errors)."""
+    option = "--dataset-json " if given else ""
+    if not Path(path).is_file():
+        raise EvaluationError(f"{option}{path}: no such file; give the dataset.json of the predicted dataset")
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise EvaluationError(f"{option}{path}: cannot be read as JSON ({error})") from None
+    labels = content.get("labels") if isinstance(content, dict) else None
+    if not isinstance(labels, dict) or not labels:
+        raise EvaluationError(
+            f"{option}{path}: has no \"labels\" object; give the dataset.json of the predicted dataset"
+        )
+    return labels
 
-    with tqdm(total=len(argument_tuples), desc=desc, unit="case", file=sys.stderr) as progress:
-        if num_processes <= 1 or len(argument_tuples) <= 1:
-            results = []
-            for arguments in argument_tuples:
-                results.append(function(*arguments))
-                progress.update()
-            return results
-        # spawn: torch is loaded in the parent and does not survive fork reliably.
-        with ProcessPoolExecutor(num_processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(function, *arguments) for arguments in argument_tuples]
-            for future in futures:
-                future.add_done_callback(lambda _: progress.update())
-            return [future.result() for future in futures]
+
+def _allowed_values(label_names: Mapping) -> frozenset[int]:
+    values: set[int] = {0}
+    for value in label_names.values():
+        values.update(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+    return frozenset(values)
+
+
+# Label values of the protocols that know their datasets without a dataset.json.
+PROTOCOL_LABEL_VALUES = {
+    "synapse": frozenset(range(9)),
+    "amos": frozenset(range(16)),
+    "lits": frozenset(range(3)),
+    "isic": frozenset(range(2)),
+}
 
 
 def evaluate_folders(
@@ -119,7 +195,9 @@ def evaluate_folders(
     """Score every prediction in ``pred_dir`` against the file of the same case in ``ref_dir``.
 
     The predictions decide which cases are evaluated (a validation fold is a subset of labelsTr),
-    but each of them must have a reference.
+    but each of them must have a reference. Both files of a case must lie on the same voxel grid
+    (a pure reorientation is undone) and hold only the label values of dataset.json (of the
+    protocol without one).
     """
     predictions, references = case_files(pred_dir), case_files(ref_dir)
     if not predictions:
@@ -128,18 +206,28 @@ def evaluate_folders(
     if missing:
         raise EvaluationError(f"no reference in {ref_dir} for {len(missing)} prediction(s), e.g. {missing[0]}")
 
+    given = dataset_json is not None
     dataset_json = dataset_json or find_dataset_json(pred_dir, ref_dir)
-    label_names = json.loads(Path(dataset_json).read_text())["labels"] if dataset_json else None
+    label_names = read_label_names(dataset_json, given) if dataset_json else None
     found: set[int] = set()
     if label_names is None and protocol == "nnunet":
-        for labels in _map(_labels_in, [(references[c],) for c in predictions], num_processes, "Reading labels"):
+        reference_files = [(references[case],) for case in predictions]
+        for labels in parallel_map(_labels_in, reference_files, num_processes, "Reading labels"):
             found.update(labels)
     classes = resolve_classes(protocol, label_names, sorted(found), nsd_tolerances)
+    if label_names is not None:
+        label_check = LabelCheck(_allowed_values(label_names), f"the labels of {dataset_json}")
+    elif protocol in PROTOCOL_LABEL_VALUES:
+        label_check = LabelCheck(PROTOCOL_LABEL_VALUES[protocol], f"the {protocol} protocol's labels")
+    else:
+        label_check = LabelCheck(frozenset(found | {0}), "any reference (and no dataset.json names them)", strict=False)
 
-    jobs = [(case, pred, references[case], classes, transunet_compat) for case, pred in predictions.items()]
+    jobs = [
+        (case, pred, references[case], classes, transunet_compat, label_check) for case, pred in predictions.items()
+    ]
     rows: list[dict] = []
     warnings: list[str] = []
-    for case_rows, case_warnings in _map(evaluate_case, jobs, num_processes, "Evaluating"):
+    for case_rows, case_warnings in parallel_map(evaluate_case, jobs, num_processes, "Evaluating"):
         rows += case_rows
         warnings += case_warnings
     if len(references) > len(predictions):

@@ -7,8 +7,10 @@ only its (batch, dim, L)-sized inputs and recomputes the states in backward. The
 The linear recurrence x_t = a_t x_{t-1} + b_t is solved in chunks of T positions: a loop over T runs all
 chunks at once from a zero state, a loop over the chunks carries the chunk-end states forward, and a
 decay-weighted carry is added back. Each loop is ~sqrt(L) steps instead of L. Decays within a chunk are
-exp(A * (cumsum of delta)), with A < 0 and delta >= 0 the exponent is never positive, so nothing
-overflows however large delta * A gets.
+exp(A * (a sum of deltas)), with A < 0 and delta >= 0 the exponent is never positive, so nothing
+overflows however large delta * A gets. The sums are prefix sums for the states and suffix sums for the
+adjoints, never a difference of two prefix sums: after one huge delta (1e5) both would be ~1e5, and their
+float32 difference would lose the small deltas it should hold.
 
 Work is done one slab of channels (inside one B/C group) at a time so the (T, chunks, batch, channels, N)
 temporaries stay small enough to be cache friendly and peak memory does not grow with dim.
@@ -19,12 +21,31 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 # Elements (padded L x batch x channels x N) per slab: the backward holds about five buffers of this size.
 # Smaller slabs mean more Python-loop passes; 4Mi elements (16 MiB each) measured fastest on 2 cores.
 DEFAULT_SLAB_ELEMENTS = 1 << 22
-# On a GPU every loop pass is a kernel launch, so slabs are as large as memory comfortably allows.
-CUDA_SLAB_ELEMENTS = 1 << 27
+WORKSPACE_BUFFERS = 5
+# On a GPU every loop pass is a kernel launch, so slabs are as large as free memory comfortably allows:
+# this share of it, capped at MAX_CUDA_SLAB_ELEMENTS (about 2.5 GiB of float32 workspace).
+CUDA_FREE_MEMORY_SHARE = 0.25
+MAX_CUDA_SLAB_ELEMENTS = 1 << 27
+
+
+def slab_elements_for(device: torch.device, dtype: torch.dtype) -> int:
+    """Slab size for a scan in ``dtype`` on ``device``: the CPU default, or on a GPU what a share of its free
+    memory holds (a fixed size would be gigabytes, an OOM on small GPUs, where the fallback runs most).
+
+    Free memory counts what the caching allocator holds but does not use, as the workspace can reuse it.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return DEFAULT_SLAB_ELEMENTS
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    free_bytes += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    affordable = int(free_bytes * CUDA_FREE_MEMORY_SHARE) // (dtype.itemsize * WORKSPACE_BUFFERS)
+    return max(DEFAULT_SLAB_ELEMENTS, min(MAX_CUDA_SLAB_ELEMENTS, affordable))
 
 
 def chunk_length(seq_len: int) -> int:
@@ -124,6 +145,12 @@ class _ScanStates:
             x[:, 1:] += decay_in
         return x
 
+    def delta_after(self) -> torch.Tensor:
+        """Sum of delta over the positions after t up to the end of its chunk (0 at the chunk end)."""
+        after = torch.zeros_like(self.delta)
+        after[:-1] = self.delta[1:].flip(0).cumsum(0).flip(0)
+        return after
+
     def adjoints(self, a: torch.Tensor, grad_x: torch.Tensor) -> torch.Tensor:
         """lambda_t = g_t + a_{t+1} lambda_{t+1}, computed in place in grad_x."""
         lam = grad_x
@@ -131,9 +158,9 @@ class _ScanStates:
         for t in range(chunk - 2, -1, -1):
             lam[t].addcmul_(a[t + 1], lam[t + 1])
         if n_chunks > 1:
-            total = self.cum_delta[-1]
+            delta_after = self.delta_after()
             # decay from just after t to the end of the chunk
-            decay_to_end_first = torch.exp((total - self.cum_delta[0]).unsqueeze(-1) * self.A)
+            decay_to_end_first = torch.exp(delta_after[0].unsqueeze(-1) * self.A)
             carries = torch.empty_like(lam[0])
             carries[-1] = 0
             carry = torch.zeros_like(lam[0, 0])
@@ -141,7 +168,7 @@ class _ScanStates:
                 start_value = torch.addcmul(lam[0, c], decay_to_end_first[c], carry)
                 carry = a[0, c] * start_value
                 carries[c - 1] = carry
-            decay_out = torch.mul((total[:-1] - self.cum_delta[:, :-1]).unsqueeze(-1), self.A,
+            decay_out = torch.mul(delta_after[:, :-1].unsqueeze(-1), self.A,
                                   out=self.workspace.get("decay", (chunk, n_chunks - 1) + lam.shape[2:]))
             decay_out.exp_()
             decay_out.mul_(carries[:-1])
@@ -180,6 +207,8 @@ class SelectiveScanCore(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, slab_elements: int = DEFAULT_SLAB_ELEMENTS):
         ctx.save_for_backward(u, delta, A, B, C)
         ctx.slab_elements = slab_elements
+        if u.numel() == 0:  # batch, dim or L is 0: nothing to scan
+            return torch.zeros_like(u)
         chunked = _ChunkedInputs(u, delta, B, C)
         y_c = torch.empty_like(chunked.u)
         for _, first, end, slab in chunked.slabs(A, slab_elements):
@@ -188,44 +217,62 @@ class SelectiveScanCore(torch.autograd.Function):
         return _from_chunks(y_c, chunked.seq_len)
 
     @staticmethod
+    @once_differentiable  # the backward works in place in reused buffers; a second derivative would be wrong
     def backward(ctx, grad_y):
         u, delta, A, B, C = ctx.saved_tensors
+        need_u, need_delta, need_A, need_B, need_C = ctx.needs_input_grad[:5]
+        need_log_a = need_delta or need_A  # the gradient w.r.t. the log-decay delta_t * A
+        need_adjoints = need_log_a or need_u or need_B
+        if u.numel() == 0:
+            return tuple(torch.zeros_like(t) if need else None
+                         for t, need in zip((u, delta, A, B, C), ctx.needs_input_grad)) + (None,)
         chunked = _ChunkedInputs(u, delta, B, C)
         seq_len, workspace = chunked.seq_len, chunked.workspace
-        delta_c, u_c, B_c, C_c = chunked.delta, chunked.u, chunked.B, chunked.C
         gy_c = _to_chunks(grad_y.to(u.dtype), chunked.chunk, chunked.n_chunks)
-        grad_u_c, grad_delta_c = torch.empty_like(u_c), torch.empty_like(delta_c)
-        grad_A = torch.empty_like(A)
-        grad_B_c, grad_C_c = torch.zeros_like(B_c), torch.zeros_like(C_c)
+        grad_u_c = torch.empty_like(chunked.u) if need_u else None
+        grad_delta_c = torch.empty_like(chunked.delta) if need_delta else None
+        grad_A = torch.empty_like(A) if need_A else None
+        grad_B_c = torch.zeros_like(chunked.B) if need_B else None
+        grad_C_c = torch.zeros_like(chunked.C) if need_C else None
         for group, first, end, slab in chunked.slabs(A, ctx.slab_elements):
             gy = gy_c[..., first:end].unsqueeze(-2)  # (T, chunks, batch, 1, channels)
             a = slab.decays()
             b = slab.inputs("b")
             x = slab.states(a, workspace.get("x", b.shape).copy_(b))
-            grad_C_c[:, :, :, group:group + 1] += torch.matmul(gy, x)
+            if need_C:
+                grad_C_c[:, :, :, group:group + 1] += torch.matmul(gy, x)
+            if not need_adjoints:
+                continue
             # a_t x_{t-1} without shifting across chunk borders
-            decayed_prev = x.sub_(b)
+            decayed_prev = x.sub_(b) if need_log_a else None
             del x
             lam = slab.adjoints(a, torch.mul(gy.transpose(-1, -2), slab.C, out=b))
-            lam_B = torch.matmul(lam, slab.B.transpose(-1, -2)).squeeze(-1)
-            delta_u = slab.delta * slab.u
-            grad_B_c[:, :, :, group:group + 1] += torch.matmul(delta_u.unsqueeze(-2), lam)
-            # gradient w.r.t. the log-decay delta_t * A
-            grad_log_a = decayed_prev.mul_(lam)
-            del lam
-            grad_delta_from_a = torch.mul(grad_log_a, slab.A, out=a).sum(-1)
-            grad_A[first:end] = grad_log_a.mul_(slab.delta.unsqueeze(-1)).sum(dim=(0, 1, 2))
-            grad_u_c[..., first:end] = slab.delta * lam_B
-            grad_delta_c[..., first:end] = slab.u * lam_B + grad_delta_from_a
-        return (_from_chunks(grad_u_c, seq_len), _from_chunks(grad_delta_c, seq_len), grad_A,
-                _from_chunks(grad_B_c, seq_len), _from_chunks(grad_C_c, seq_len), None)
+            if need_B:
+                grad_B_c[:, :, :, group:group + 1] += torch.matmul((slab.delta * slab.u).unsqueeze(-2), lam)
+            if need_u or need_delta:
+                lam_B = torch.matmul(lam, slab.B.transpose(-1, -2)).squeeze(-1)
+                if need_u:
+                    grad_u_c[..., first:end] = slab.delta * lam_B
+                if need_delta:
+                    grad_delta_c[..., first:end] = slab.u * lam_B
+            if need_log_a:
+                grad_log_a = decayed_prev.mul_(lam)
+                if need_delta:
+                    grad_delta_c[..., first:end] += torch.mul(grad_log_a, slab.A, out=a).sum(-1)
+                if need_A:
+                    grad_A[first:end] = grad_log_a.mul_(slab.delta.unsqueeze(-1)).sum(dim=(0, 1, 2))
+
+        def unchunk(t):
+            return None if t is None else _from_chunks(t, seq_len)
+
+        return unchunk(grad_u_c), unchunk(grad_delta_c), grad_A, unchunk(grad_B_c), unchunk(grad_C_c), None
 
 
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                          slab_elements: int | None = None):
     """Selective scan on already validated, same-dtype inputs with B and C in (batch, groups, N, L)."""
     if slab_elements is None:
-        slab_elements = CUDA_SLAB_ELEMENTS if u.is_cuda else DEFAULT_SLAB_ELEMENTS
+        slab_elements = slab_elements_for(u.device, u.dtype)
     if delta_bias is not None:
         delta = delta + delta_bias.unsqueeze(-1)
     if delta_softplus:

@@ -20,11 +20,16 @@ from nnunet_mamba.ops.scan_torch import selective_scan_torch
 
 ENV_VAR = "NNUNET_MAMBA_SCAN"
 BACKEND_CHOICES = ("auto", "cuda", "torch")
+# what mamba-ssm's kernel is compiled for; float64 is not among them
+CUDA_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def requested_backend(backend: Optional[str] = None) -> str:
     """The backend asked for by argument, else by NNUNET_MAMBA_SCAN, else 'auto'."""
     if backend is not None:
+        if not isinstance(backend, str):
+            raise ValueError(f"Invalid selective-scan backend {backend!r} ({type(backend).__name__}) from the "
+                             f"backend argument; it must be a string, one of {', '.join(BACKEND_CHOICES)}, or None.")
         choice, origin = backend, "backend argument"
     else:
         choice, origin = os.environ.get(ENV_VAR, "auto"), f"environment variable {ENV_VAR}"
@@ -36,19 +41,29 @@ def requested_backend(backend: Optional[str] = None) -> str:
     return normalized
 
 
-def resolve_backend(device: torch.device, backend: Optional[str] = None) -> str:
-    """'cuda' or 'torch' for tensors on ``device``; raises RuntimeError if 'cuda' is forced but cannot run."""
+def resolve_backend(device: torch.device, backend: Optional[str] = None, *,
+                    dtype: Optional[torch.dtype] = None) -> str:
+    """'cuda' or 'torch' for tensors on ``device`` computed in ``dtype`` (if given).
+
+    Raises RuntimeError if 'cuda' is forced but cannot run.
+    """
     choice = requested_backend(backend)
     on_cuda = torch.device(device).type == "cuda"
+    kernel_dtype = dtype is None or dtype in CUDA_KERNEL_DTYPES
     if choice == "torch":
         return "torch"
     if choice == "auto":
-        return "cuda" if on_cuda and cuda_kernel_status()[0] else "torch"
+        return "cuda" if on_cuda and kernel_dtype and cuda_kernel_status()[0] else "torch"
     if not on_cuda:
         raise RuntimeError(
             f"Selective-scan backend 'cuda' was forced ({ENV_VAR} or backend argument) but the tensors are "
             f"on device '{device}', and the mamba-ssm kernel only runs on CUDA tensors. Move the model to a "
             f"GPU, or set {ENV_VAR}=torch (or auto) to use the pure-PyTorch scan.")
+    if not kernel_dtype:
+        raise RuntimeError(
+            f"Selective-scan backend 'cuda' was forced ({ENV_VAR} or backend argument) but the scan computes "
+            f"in {dtype}, and the mamba-ssm kernel supports only float32, float16 and bfloat16. Use float32 "
+            f"inputs, or set {ENV_VAR}=torch (or auto) to use the pure-PyTorch scan.")
     available, reason = cuda_kernel_status()
     if not available:
         raise RuntimeError(
@@ -73,6 +88,17 @@ def backend_report() -> str:
     return "\n".join(lines)
 
 
+def _check_dtypes(tensors: Dict[str, Optional[torch.Tensor]]) -> None:
+    """Refuse integer, bool and complex inputs: casting them to float would silently change the problem."""
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.is_complex():
+            raise ValueError(f"selective_scan: complex {name} is not supported; {name} must be real")
+        if not t.is_floating_point():
+            raise TypeError(f"selective_scan: {name} has dtype {t.dtype}; the scan needs floating-point inputs")
+
+
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> int:
     """Validate shapes; returns the number of B/C groups."""
     if u.dim() != 3:
@@ -82,8 +108,6 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> int:
         raise ValueError(f"selective_scan: delta shape {tuple(delta.shape)} must equal u shape {tuple(u.shape)}")
     if A.dim() != 2 or A.shape[0] != dim:
         raise ValueError(f"selective_scan: A must be (dim={dim}, d_state), got shape {tuple(A.shape)}")
-    if A.is_complex():
-        raise ValueError("selective_scan: complex A is not supported; A must be real")
     d_state = A.shape[1]
     groups = None
     for name, t in (("B", B), ("C", C)):
@@ -156,17 +180,26 @@ def _notify_observers(u, A, D, z) -> ContextManager:
         return contexts.pop_all()
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend=None):
-    """mamba-ssm ``selective_scan_fn`` semantics; returns (batch, dim, L) in u's dtype.
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend=None,
+                   out_dtype=None):
+    """mamba-ssm ``selective_scan_fn`` semantics; returns (batch, dim, L) in ``out_dtype`` (default u's dtype).
 
-    Computed in float32 (float64 inputs stay float64) even under autocast. ``backend`` ('auto', 'cuda',
-    'torch') overrides the NNUNET_MAMBA_SCAN environment variable.
+    Computed in float32 (float64 inputs stay float64) even under autocast; ``out_dtype=torch.float32``
+    keeps that precision for callers that go on summing the result. ``backend`` ('auto', 'cuda', 'torch')
+    overrides the NNUNET_MAMBA_SCAN environment variable. Assumes A <= 0 and delta >= 0 (after bias and
+    softplus), so that the state decays; otherwise it can grow until it overflows.
     """
+    _check_dtypes({"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias})
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    chosen = resolve_backend(u.device, backend)
-    out_dtype = u.dtype
+    if out_dtype is None:
+        out_dtype = u.dtype
+    elif not (isinstance(out_dtype, torch.dtype) and out_dtype.is_floating_point):
+        raise ValueError(f"selective_scan: out_dtype must be a floating-point torch.dtype, got {out_dtype!r}")
     # half precision loses the long-range decay products, so the scan never runs below float32
     compute_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    chosen = resolve_backend(u.device, backend, dtype=compute_dtype)
+    if u.numel() == 0:
+        chosen = "torch"  # nothing to scan, and the kernel is not meant for empty launches
 
     def cast(t):
         return None if t is None else t.to(compute_dtype)

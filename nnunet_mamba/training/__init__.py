@@ -1,6 +1,9 @@
-"""Training support shared by the nnU-Net trainers in the ``trainers/`` folder."""
+"""Training support shared by the nnU-Net trainers in the ``trainers/`` folder (which only declare leaves)."""
 from nnunet_mamba.training.lr_scheduler import CosineAnnealingLRScheduler
+from nnunet_mamba.training.paper_protocol import PaperProtocol
+from nnunet_mamba.training.quick import QuickCPURun
 from nnunet_mamba.training.self_distillation import DualSelfDistillationTrainer
 from nnunet_mamba.training.trainer_base import MambaTrainerBase
 
-__all__ = ["CosineAnnealingLRScheduler", "DualSelfDistillationTrainer", "MambaTrainerBase"]
+__all__ = ["CosineAnnealingLRScheduler", "DualSelfDistillationTrainer", "MambaTrainerBase", "PaperProtocol",
+           "QuickCPURun"]

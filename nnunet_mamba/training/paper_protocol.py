@@ -1,0 +1,63 @@
+"""The VM-UNet / DSVM-UNet papers' training protocol, as a trainer variant (``...Paper`` trainers).
+
+What changes against our nnU-Net-style default:
+
+* loss: VM-UNet's BceDice, 1 * BCE + 1 * (1 - soft Dice) with smooth 1 per sample, on nnU-Net's two-channel
+  softmax head. For a binary task softmax over (background, foreground) is the sigmoid of their difference,
+  so cross-entropy is the BCE and the foreground-only soft Dice is the paper's Dice: nnU-Net's
+  ``DC_and_CE_loss`` with ``batch_dice=False, do_bg=False, smooth=1`` is BceDice minus the constant 1 (a test
+  checks it against a direct BceDice). With more classes the same form (CE + mean foreground soft Dice) is
+  used; region-based plans use BCE + Dice over the regions.
+* no deep supervision (the papers' networks have one output), no gradient clipping;
+* ``CosineAnnealingLR(T_max=50, eta_min=1e-5)`` stepped once per epoch (VM-UNet's ISIC config; 100 in its
+  Synapse config), which is periodic: the lr climbs back to 1e-3 every 100 epochs; 300 epochs.
+Unchanged: nnU-Net's data loading, augmentation and epochs of 250 iterations (the papers' epochs are one pass
+over the training images). The papers start from VMamba-S ImageNet weights: set NNUNET_MAMBA_PRETRAINED.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
+from nnunetv2.training.loss.dice import SoftDiceLoss
+
+from nnunet_mamba.training.lr_scheduler import CosineAnnealingLRScheduler
+from nnunet_mamba.training.trainer_base import PRETRAINED_ENV_VAR
+
+
+def bce_dice_loss(label_manager, is_ddp: bool):
+    """VM-UNet's BceDice (minus the constant 1) for nnU-Net's heads; see the module docstring."""
+    dice = {"batch_dice": False, "smooth": 1.0, "ddp": is_ddp}
+    if label_manager.has_regions:
+        return DC_and_BCE_loss({}, {**dice, "do_bg": True}, weight_ce=1, weight_dice=1,
+                               use_ignore_label=label_manager.ignore_label is not None, dice_class=SoftDiceLoss)
+    return DC_and_CE_loss({**dice, "do_bg": False}, {}, weight_ce=1, weight_dice=1,
+                          ignore_label=label_manager.ignore_label, dice_class=SoftDiceLoss)
+
+
+class PaperProtocol:
+    """Mixin placed before a :class:`~nnunet_mamba.training.MambaTrainerBase` trainer in the bases."""
+
+    gradient_clip_norm = None
+    #: CosineAnnealingLR's T_max, in epochs
+    cosine_t_max_epochs = 50
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.enable_deep_supervision = False
+        self.num_epochs = 300
+
+    def _build_loss(self):
+        return bce_dice_loss(self.label_manager, self.is_ddp)
+
+    def build_lr_scheduler(self, optimizer):
+        return CosineAnnealingLRScheduler(optimizer, self.initial_lr, self.min_lr, self.cosine_t_max_epochs,
+                                          periodic=True)
+
+    def on_train_start(self):
+        if not os.environ.get(PRETRAINED_ENV_VAR, "").strip():
+            self.print_to_log_file(f"note: the papers start from VMamba-S ImageNet weights; set {PRETRAINED_ENV_VAR} "
+                                   f"to a local vmamba_small_e238_ema.pth to do the same (2D only)")
+        super().on_train_start()

@@ -1,0 +1,43 @@
+"""``nnunet-mamba models`` and ``--version``: what is installed, from the registry and the trainers folder."""
+import re
+
+import pytest
+
+from nnunet_mamba import __version__, discovery
+from nnunet_mamba.architectures import registered_networks
+from nnunet_mamba.cli import main
+
+
+def test_models_lists_every_network_with_counts_and_every_trainer(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name, entry in registered_networks().items():
+        line = next(line for line in out.splitlines() if line.strip().startswith(name + " "))
+        assert entry.description in line
+    assert re.search(r"vm_unet\s+2D/3D\s+2D 27\.43 M, 3D 33\.54 M", out), out
+    for trainer in discovery.trainer_names():
+        assert re.search(rf"^  {trainer}\s+vm_unet\s+\S", out, flags=re.M), trainer
+
+
+def test_version_names_ours_and_the_stack(capsys):
+    with pytest.raises(SystemExit) as exit_code:
+        main(["--version"])
+    assert exit_code.value.code == 0
+    assert re.fullmatch(rf"nnunet-mamba {re.escape(__version__)} \(nnunetv2 \S+, torch \S+\)\n", capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("what", ["scan", "network", "flops"])
+def test_benchmark_on_cuda_without_a_gpu_says_so(what, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["benchmark", what, "--device", "cuda"]) == 2
+    assert "--device cuda needs a CUDA GPU, and torch sees none" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["env", "doctor", "models"])
+def test_every_command_describes_itself(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    help_text = capsys.readouterr().out
+    assert len(help_text.split("\n\n")[1].split()) > 15, help_text  # a description paragraph, not just usage
