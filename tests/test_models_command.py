@@ -41,3 +41,20 @@ def test_every_command_describes_itself(command, capsys):
         main([command, "--help"])
     help_text = capsys.readouterr().out
     assert len(help_text.split("\n\n")[1].split()) > 15, help_text  # a description paragraph, not just usage
+
+
+def test_network_benchmark_compares_with_nnunets_unet_from_the_same_plan():
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    from nnunet_mamba.architectures import synthetic_configuration
+    from nnunet_mamba.benchmarks.network import NNUNET_UNET, nnunet_default_unet, run_network_benchmark
+
+    configuration = synthetic_configuration((32, 32))
+    unet = nnunet_default_unet(configuration, 1, 3)
+    assert isinstance(unet, PlainConvUNet)
+    assert [tuple(s) for s in unet.encoder.strides] == list(configuration.pool_op_kernel_sizes)
+    rows = run_network_benchmark("vm_unet", (32, 32), batch=1, num_classes=3, device="cpu", amp=False,
+                                 backends=["torch"], steps=1, warmup=0, compare_nnunet=True)
+    assert [r["network"] for r in rows] == [NNUNET_UNET, "vm_unet"]
+    assert rows[1]["train_ratio"] == pytest.approx(rows[1]["step_ms"] / rows[0]["step_ms"])
+    assert rows[1]["inference_ratio"] == pytest.approx(rows[1]["inference_ms"] / rows[0]["inference_ms"])

@@ -128,6 +128,7 @@ def test_forward_backward_and_deep_supervision_shapes(name, case):
     network.decoder.deep_supervision = False  # what nnU-Net's set_deep_supervision_enabled writes
     with torch.no_grad():
         assert tuple(network(torch.randn(1, 2, *given)).shape) == (1, 3, *given)
+        assert tuple(network(torch.randn(0, 2, *given)).shape) == (0, 3, *given)  # an empty batch is no crash
 
 
 @pytest.mark.parametrize("name", NETWORKS)
@@ -163,8 +164,11 @@ def test_unsupported_pretrained_or_dimensionality_gives_named_errors(name, tmp_p
     if not network.supports_pretrained:
         with pytest.raises(NotImplementedError, match=f"not supported for {type(network).__name__}"):
             network.load_pretrained(tmp_path / "weights.pth")
+    configuration = synthetic_configuration((64, 64) if 2 in entry.dims else (32, 32, 32))
     with pytest.raises(ValueError, match="input channels must be >= 1"):
-        build_network(name, synthetic_configuration((64, 64) if 2 in entry.dims else (32, 32, 32)), 0, 2, False)
+        build_network(name, configuration, 0, 2, False)
+    with pytest.raises(ValueError, match="output channels must be >= 1"):
+        build_network(name, configuration, 1, 0, False)
 
 
 def test_unknown_network_and_bad_synthetic_configuration():

@@ -1,4 +1,8 @@
-"""The selective scan against a float64 position-by-position reference, plus backend selection."""
+"""The selective scan against a float64 position-by-position reference, plus backend selection.
+
+The reference tests run for every CPU backend: the pure-PyTorch scan and, where numba imports, the compiled
+one (its own tests are in test_scan_numba.py).
+"""
 import importlib
 import sys
 import types
@@ -7,11 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_mamba.ops import ENV_VAR, resolve_backend, selective_scan
+from nnunet_mamba.ops import ENV_VAR, numba_status, resolve_backend, selective_scan
 from nnunet_mamba.ops import scan_cuda
 from nnunet_mamba.ops import scan_torch
 
 INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+requires_numba = pytest.mark.skipif(not numba_status()[0], reason=f"numba unavailable: {numba_status()[1]}")
+CPU_BACKENDS = ["torch", pytest.param("numba", marks=requires_numba)]
 
 
 def reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
@@ -88,18 +94,21 @@ CASES = [
     pytest.param(2, 6, 3, 64, 1, False, True, False, True, False, id="groups1-4d-noz"),
     pytest.param(1, 8, 4, 129, 2, False, False, True, False, True, id="groups2-z-only"),
     pytest.param(1, 8, 4, 1200, 4, False, True, True, True, True, id="long-L-groups4"),
+    pytest.param(2, 12, 16, 53, 6, False, True, True, True, True, id="groups6-N16"),
+    pytest.param(1, 12, 16, 301, 6, False, False, True, False, False, id="groups6-z-no-softplus"),
 ]
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("batch,dim,d_state,seq_len,groups,bc_3d,with_D,with_z,with_bias,softplus", CASES)
-def test_torch_backend_matches_float64_reference(batch, dim, d_state, seq_len, groups, bc_3d, with_D, with_z,
-                                                 with_bias, softplus):
+def test_backend_matches_float64_reference(batch, dim, d_state, seq_len, groups, bc_3d, with_D, with_z,
+                                           with_bias, softplus, backend):
     inputs = make_inputs(batch, dim, d_state, seq_len, groups, bc_3d=bc_3d, softplus=softplus)
     used = ["u", "delta", "A", "B", "C"] + [name for name, on in
                                             (("D", with_D), ("z", with_z), ("delta_bias", with_bias)) if on]
     grad_out = torch.randn(batch, dim, seq_len, generator=torch.Generator().manual_seed(1))
     out, grads = run_with_grads(selective_scan, inputs, used, grad_out, torch.float32,
-                                delta_softplus=softplus, backend="torch")
+                                delta_softplus=softplus, backend=backend)
     ref_out, ref_grads = run_with_grads(reference_scan, inputs, used, grad_out, torch.float64,
                                         delta_softplus=softplus)
     assert_close(out, ref_out, "output")
@@ -120,39 +129,43 @@ def huge_step_inputs(seq_len, groups, huge_positions, wide_A=False):
     return inputs
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("seq_len,groups,huge_positions,used,wide_A", [
     # L=300 gives chunks of 18 positions
     pytest.param(300, 1, [40, 151, 222], ["u", "delta", "A", "B", "C"], False, id="mid-chunk"),
     pytest.param(300, 2, [53, 54, 71, 72, 299], ["u", "delta", "A", "B", "C", "D", "z"], True,
                  id="chunk-borders-weak-decay"),
 ])
-def test_huge_steps_among_small_ones_keep_float32_precision(seq_len, groups, huge_positions, used, wide_A):
+def test_huge_steps_among_small_ones_keep_float32_precision(seq_len, groups, huge_positions, used, wide_A,
+                                                            backend):
     """A decay over the small steps after a huge one must not be a difference of two ~1e5 prefix sums."""
     inputs = huge_step_inputs(seq_len, groups, huge_positions, wide_A)
     grad_out = torch.randn(2, 8, seq_len, generator=torch.Generator().manual_seed(1))
-    out, grads = run_with_grads(selective_scan, inputs, used, grad_out, torch.float32, backend="torch")
+    out, grads = run_with_grads(selective_scan, inputs, used, grad_out, torch.float32, backend=backend)
     ref_out, ref_grads = run_with_grads(reference_scan, inputs, used, grad_out, torch.float64)
     assert_close(out, ref_out, "output", tol=1e-5)
     for name in used:
         assert_close(grads[name], ref_grads[name], f"grad of {name}", tol=1e-5)
 
 
-def test_float64_inputs_stay_float64():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_float64_inputs_stay_float64(backend):
     inputs = make_inputs(1, 4, 4, 20, 2)
     inputs64 = {name: t.double() for name, t in inputs.items()}
-    out = selective_scan(**inputs64, delta_softplus=True, backend="torch")
+    out = selective_scan(**inputs64, delta_softplus=True, backend=backend)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, reference_scan(**inputs64, delta_softplus=True), rtol=1e-10, atol=1e-10)
 
 
-def test_autocast_still_computes_in_float32():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_autocast_still_computes_in_float32(backend):
     inputs = make_inputs(2, 8, 4, 50, 4)
-    expected = selective_scan(**inputs, delta_softplus=True, backend="torch")
+    expected = selective_scan(**inputs, delta_softplus=True, backend=backend)
     linear = torch.nn.Linear(8, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         # inside autocast, upstream layers hand the scan bfloat16 activations
         assert linear(inputs["u"].transpose(1, 2)).dtype == torch.bfloat16
-        out = selective_scan(**inputs, delta_softplus=True, backend="torch")
+        out = selective_scan(**inputs, delta_softplus=True, backend=backend)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
 
@@ -180,7 +193,7 @@ def test_bfloat16_inputs_return_bfloat16_computed_in_float32():
 def test_env_var_selects_backend(monkeypatch):
     inputs = make_inputs(1, 4, 4, 10, 1)
     expected = reference_scan(**inputs)
-    for value in ("torch", "auto", "AUTO", " torch "):
+    for value in ("torch", "auto", "AUTO", " torch ") + (("numba", " Numba ") if numba_status()[0] else ()):
         monkeypatch.setenv(ENV_VAR, value)
         torch.testing.assert_close(selective_scan(**inputs), expected, rtol=1e-5, atol=1e-5)
     monkeypatch.delenv(ENV_VAR)
@@ -300,15 +313,15 @@ def test_selective_scan_resolves_the_backend_for_its_compute_dtype(monkeypatch, 
 def test_bad_env_var_value_is_rejected(monkeypatch):
     inputs = make_inputs(1, 4, 4, 10, 1)
     monkeypatch.setenv(ENV_VAR, "triton")
-    with pytest.raises(ValueError, match=r"NNUNET_MAMBA_SCAN.*auto, cuda, torch"):
+    with pytest.raises(ValueError, match=r"NNUNET_MAMBA_SCAN.*auto, cuda, numba, torch"):
         selective_scan(**inputs)
-    with pytest.raises(ValueError, match="auto, cuda, torch"):
+    with pytest.raises(ValueError, match="auto, cuda, numba, torch"):
         selective_scan(**make_inputs(1, 4, 4, 10, 1), backend="fast")
 
 
 @pytest.mark.parametrize("backend", [1, True, torch.device("cpu")])
 def test_non_string_backend_is_rejected_by_name(backend):
-    with pytest.raises(ValueError, match=r"backend .* must be a string, one of auto, cuda, torch, or None"):
+    with pytest.raises(ValueError, match=r"backend .* must be a string, one of auto, cuda, numba, torch, or None"):
         selective_scan(**make_inputs(1, 4, 4, 10, 1), backend=backend)
 
 
@@ -329,6 +342,7 @@ def test_complex_inputs_are_refused_by_name():
         selective_scan(**inputs, backend="torch")
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("batch,dim,d_state,seq_len,groups", [
     pytest.param(2, 4, 3, 0, 2, id="L0"),
     pytest.param(0, 4, 3, 5, 2, id="batch0"),
@@ -336,11 +350,11 @@ def test_complex_inputs_are_refused_by_name():
     pytest.param(2, 4, 0, 5, 2, id="d_state0"),
     pytest.param(0, 0, 0, 0, 1, id="all0"),
 ])
-def test_empty_inputs_give_empty_results_and_zero_gradients(batch, dim, d_state, seq_len, groups):
+def test_empty_inputs_give_empty_results_and_zero_gradients(batch, dim, d_state, seq_len, groups, backend):
     inputs = make_inputs(batch, dim, d_state, seq_len, groups)
     grad_out = torch.randn(batch, dim, seq_len)
     out, grads = run_with_grads(selective_scan, inputs, INPUT_NAMES, grad_out, torch.float32,
-                                delta_softplus=True, backend="torch")
+                                delta_softplus=True, backend=backend)
     if seq_len == 0:  # the reference cannot stack zero steps; every sum over L is 0
         ref_out, ref_grads = out.new_zeros(out.shape), {name: torch.zeros_like(grads[name]) for name in grads}
     else:
@@ -398,23 +412,26 @@ def test_many_slabs_and_chunks_match_reference():
         assert_close(grads[name], ref_grads[name], f"grad of {name}")
 
 
-def test_double_backward_is_an_error_not_a_wrong_value():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_double_backward_is_an_error_not_a_wrong_value(backend):
     inputs = {name: t.clone().requires_grad_() for name, t in make_inputs(1, 4, 4, 20, 2).items()}
-    out = selective_scan(**inputs, delta_softplus=True, backend="torch")
+    out = selective_scan(**inputs, delta_softplus=True, backend=backend)
     (grad_u,) = torch.autograd.grad(out.square().sum(), inputs["u"], create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad_u.sum().backward()
 
 
-@pytest.mark.parametrize("wanted", [("u",), ("delta",), ("A",), ("B",), ("C",), ("A", "C"), ("u", "B")])
-def test_gradients_asked_for_alone_equal_the_full_backward(wanted):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("wanted", [("u",), ("delta",), ("A",), ("B",), ("C",), ("A", "C"), ("u", "B"), ("D",),
+                                    ("z",), ("delta_bias",), ("delta_bias", "C")])
+def test_gradients_asked_for_alone_equal_the_full_backward(wanted, backend):
     """The backward skips what autograd does not need; what it does compute must not change."""
     inputs = make_inputs(2, 8, 4, 150, 2)
     grad_out = torch.randn(2, 8, 150, generator=torch.Generator().manual_seed(3))
     _, all_grads = run_with_grads(selective_scan, inputs, INPUT_NAMES, grad_out, torch.float32,
-                                  delta_softplus=True, backend="torch")
+                                  delta_softplus=True, backend=backend)
     leaves = {name: t.clone().requires_grad_(name in wanted) for name, t in inputs.items()}
-    selective_scan(**leaves, delta_softplus=True, backend="torch").backward(grad_out)
+    selective_scan(**leaves, delta_softplus=True, backend=backend).backward(grad_out)
     for name, leaf in leaves.items():
         if name in wanted:
             torch.testing.assert_close(leaf.grad.double(), all_grads[name], rtol=0, atol=0)

@@ -116,6 +116,10 @@ def test_strides_from_plan_groups_and_pads():
     assert strides_from_plan(few, 2, (2, 1, 1, 1)) == [(4, 4), (1, 1), (1, 1), (1, 1)]
     with pytest.raises(ValueError, match="do not all have 2 axes"):
         strides_from_plan([[1, 1], [2, 2, 2]], 2, (2, 1, 1, 1))
+    # a hand-written plan with one int per stage pools isotropically
+    assert strides_from_plan([1, 2, 2, 2, 2, 2], 2, (2, 1, 1, 1)) == [(4, 4), (2, 2), (2, 2), (2, 2)]
+    with pytest.raises(ValueError, match="must all be >= 1"):
+        strides_from_plan([[1, 1], [0, 2]], 2, (2, 1, 1, 1))
 
 
 def test_bad_shapes_and_widths_are_clear_errors():

@@ -17,7 +17,11 @@ def strides_from_plan(
     (small patches) gets stride 1 on the missing ones, so the patch size, which the planner made
     divisible by its own strides, stays divisible by ours.
     """
-    stages = [tuple(int(v) for v in s) for s in plan_strides]
+    # a hand-written plan may give one int per stage for isotropic pooling
+    stages = [(int(s),) * spatial_dims if isinstance(s, (int, np.integer)) else tuple(int(v) for v in s)
+              for s in plan_strides]
+    if any(v < 1 for stage in stages for v in stage):
+        raise ValueError(f"plan strides {plan_strides} must all be >= 1")
     if stages and all(v == 1 for v in stages[0]):
         stages = stages[1:]
     if any(len(s) != spatial_dims for s in stages):

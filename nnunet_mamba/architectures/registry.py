@@ -97,25 +97,27 @@ def build_network(name: str, configuration_manager, num_input_channels: int, num
 
 @dataclass(frozen=True)
 class SyntheticConfiguration:
-    """The two plan entries networks are built from, for building outside a planned dataset."""
+    """The plan entries networks are built from, for building outside a planned dataset."""
 
     patch_size: tuple[int, ...]
     pool_op_kernel_sizes: tuple[tuple[int, ...], ...]
+    conv_kernel_sizes: tuple[tuple[int, ...], ...]
+    spacing: tuple[float, ...]
 
 
-def synthetic_configuration(patch_size: Sequence[int], max_pools: int = 5) -> SyntheticConfiguration:
-    """A plan-like configuration for ``patch_size``: stride-2 poolings per axis while the axis stays >= 4.
+def synthetic_configuration(patch_size: Sequence[int], spacing: Sequence[float] | None = None) -> SyntheticConfiguration:
+    """The poolings nnU-Net's default planner gives ``patch_size`` (isotropic spacing unless given).
 
-    Like nnU-Net's planner, an axis stops pooling when it gets too small; the first stage has stride 1.
+    Uses the planner's own topology function, so a network built from it and nnU-Net's default UNet built from it
+    share one plan (benchmarks compare them so). Like the planner, it may enlarge the patch to a multiple of the
+    total pooling.
     """
-    patch = tuple(int(p) for p in patch_size)
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
+    patch = [int(p) for p in patch_size]
     if len(patch) not in (2, 3) or any(p < 1 for p in patch):
         raise ValueError(f"patch size must be 2 or 3 positive numbers, got {list(patch_size)}")
-    strides, current = [(1,) * len(patch)], list(patch)
-    for _ in range(max_pools):
-        stride = tuple(2 if size % 2 == 0 and size // 2 >= 4 else 1 for size in current)
-        if all(s == 1 for s in stride):
-            break
-        strides.append(stride)
-        current = [size // s for size, s in zip(current, stride)]
-    return SyntheticConfiguration(patch, tuple(strides))
+    spacing = [1.0] * len(patch) if spacing is None else [float(v) for v in spacing]
+    _, pools, kernels, planned_patch, _ = get_pool_and_conv_props(spacing, patch, 4, 999999)
+    return SyntheticConfiguration(tuple(int(p) for p in planned_patch), tuple(tuple(int(v) for v in s) for s in pools),
+                                  tuple(tuple(int(v) for v in k) for k in kernels), tuple(spacing))

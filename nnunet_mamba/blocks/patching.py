@@ -69,7 +69,7 @@ class PatchMerging(nn.Module):
         coarse_axes = [1 + 2 * i for i in range(n)]
         offset_axes = [2 + 2 * i for i in reversed(range(n))]  # first axis' offset varies fastest
         x = x.permute(0, *coarse_axes, *offset_axes, 2 * n + 1)
-        x = x.reshape(batch, *(size // s for size, s in zip(spatial, self.scale)), -1)
+        x = x.reshape(batch, *(size // s for size, s in zip(spatial, self.scale)), channels * math.prod(self.scale))
         return self.reduction(self.norm(x))
 
 

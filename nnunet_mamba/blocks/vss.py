@@ -97,7 +97,9 @@ class CrossScanSSM(nn.Module):
     def _cross_scan(self, x: torch.Tensor) -> torch.Tensor:
         """(B, E, *spatial) -> (B, K, E, L): the forward orderings, then the same sequences reversed."""
         batch, channels = x.shape[:2]
-        forward = [x.permute(0, 1, *(2 + a for a in order)).reshape(batch, channels, -1) for order in self.orderings]
+        length = math.prod(x.shape[2:])  # explicit, so that an empty batch reshapes too
+        forward = [x.permute(0, 1, *(2 + a for a in order)).reshape(batch, channels, length)
+                   for order in self.orderings]
         forward = torch.stack(forward, dim=1)
         return torch.cat([forward, forward.flip(-1)], dim=1)
 

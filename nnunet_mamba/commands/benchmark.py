@@ -26,9 +26,11 @@ def register(subparsers) -> None:
     parser.add_argument("--num-classes", type=int, default=1, help="flops: output channels (default: 1)")
     parser.add_argument("--distillation", action="store_true",
                         help="flops: also count DSVM-UNet's training-only self-distillation heads")
-    parser.add_argument("--backends", nargs="+", default=["auto"], choices=["auto", "cuda", "torch"],
+    parser.add_argument("--backends", nargs="+", default=["auto"], choices=["auto", "cuda", "torch", "numba"],
                         help="network: scan backends to compare (default: auto)")
     parser.add_argument("--no-amp", action="store_true", help="network: float32 instead of bf16 autocast on CUDA")
+    parser.add_argument("--compare-nnunet", action="store_true",
+                        help="network: also time nnU-Net's default UNet built from the same plan, and print ratios")
     parser.set_defaults(func=run)
 
 
@@ -48,7 +50,8 @@ def run(args) -> int:
         from nnunet_mamba.benchmarks.network import format_network_table, run_network_benchmark
 
         rows = run_network_benchmark(args.network, tuple(args.patch), batch=args.batch or 8, device=args.device,
-                                     amp=not args.no_amp, backends=args.backends, steps=args.repeats)
+                                     amp=not args.no_amp, backends=args.backends, steps=args.repeats,
+                                     compare_nnunet=args.compare_nnunet)
         print(format_network_table(rows))
         return 0
 

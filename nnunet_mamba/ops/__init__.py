@@ -1,5 +1,6 @@
-"""Selective-scan operators: one entry point, a CUDA (mamba-ssm) and a pure-PyTorch backend."""
+"""Selective-scan operators: one entry point; CUDA (mamba-ssm), compiled CPU (numba) and pure-PyTorch backends."""
 from nnunet_mamba.ops.scan_cuda import cuda_kernel_status
+from nnunet_mamba.ops.scan_numba import numba_details, numba_status
 from nnunet_mamba.ops.selective_scan import (
     BACKEND_CHOICES,
     ENV_VAR,
@@ -16,6 +17,8 @@ __all__ = [
     "available_backends",
     "backend_report",
     "cuda_kernel_status",
+    "numba_details",
+    "numba_status",
     "requested_backend",
     "resolve_backend",
     "selective_scan",

@@ -1,4 +1,5 @@
-"""The one selective-scan entry point; picks the mamba-ssm CUDA kernel or the pure-PyTorch scan.
+"""The one selective-scan entry point; picks the mamba-ssm CUDA kernel, the compiled CPU kernel (numba) or
+the pure-PyTorch scan.
 
 Semantics and shapes follow mamba-ssm's ``selective_scan_fn``:
 
@@ -16,12 +17,15 @@ from typing import Callable, ContextManager, Dict, Iterator, List, Optional
 import torch
 
 from nnunet_mamba.ops.scan_cuda import cuda_kernel_status, selective_scan_cuda
+from nnunet_mamba.ops.scan_numba import numba_status, selective_scan_numba
 from nnunet_mamba.ops.scan_torch import selective_scan_torch
 
 ENV_VAR = "NNUNET_MAMBA_SCAN"
-BACKEND_CHOICES = ("auto", "cuda", "torch")
+BACKEND_CHOICES = ("auto", "cuda", "numba", "torch")
 # what mamba-ssm's kernel is compiled for; float64 is not among them
 CUDA_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# the scan computes in one of these; the numba kernels compile for both
+NUMBA_KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 def requested_backend(backend: Optional[str] = None) -> str:
@@ -43,23 +47,35 @@ def requested_backend(backend: Optional[str] = None) -> str:
 
 def resolve_backend(device: torch.device, backend: Optional[str] = None, *,
                     dtype: Optional[torch.dtype] = None) -> str:
-    """'cuda' or 'torch' for tensors on ``device`` computed in ``dtype`` (if given).
+    """'cuda', 'numba' or 'torch' for tensors on ``device`` computed in ``dtype`` (if given).
 
-    Raises RuntimeError if 'cuda' is forced but cannot run.
+    'auto' picks the mamba-ssm kernel for CUDA tensors where it imports (and supports the dtype), numba for
+    CPU tensors where it imports, and the pure-PyTorch scan otherwise. Raises RuntimeError if 'cuda' or
+    'numba' is forced but cannot run.
     """
     choice = requested_backend(backend)
-    on_cuda = torch.device(device).type == "cuda"
-    kernel_dtype = dtype is None or dtype in CUDA_KERNEL_DTYPES
+    device_type = torch.device(device).type
     if choice == "torch":
         return "torch"
     if choice == "auto":
-        return "cuda" if on_cuda and kernel_dtype and cuda_kernel_status()[0] else "torch"
-    if not on_cuda:
+        if device_type == "cuda":
+            kernel_dtype = dtype is None or dtype in CUDA_KERNEL_DTYPES
+            return "cuda" if kernel_dtype and cuda_kernel_status()[0] else "torch"
+        if device_type == "cpu" and (dtype is None or dtype in NUMBA_KERNEL_DTYPES):
+            return "numba" if numba_status()[0] else "torch"
+        return "torch"
+    if choice == "numba":
+        return _check_forced_numba(device, device_type, dtype)
+    return _check_forced_cuda(device, device_type, dtype)
+
+
+def _check_forced_cuda(device, device_type: str, dtype: Optional[torch.dtype]) -> str:
+    if device_type != "cuda":
         raise RuntimeError(
             f"Selective-scan backend 'cuda' was forced ({ENV_VAR} or backend argument) but the tensors are "
             f"on device '{device}', and the mamba-ssm kernel only runs on CUDA tensors. Move the model to a "
             f"GPU, or set {ENV_VAR}=torch (or auto) to use the pure-PyTorch scan.")
-    if not kernel_dtype:
+    if dtype is not None and dtype not in CUDA_KERNEL_DTYPES:
         raise RuntimeError(
             f"Selective-scan backend 'cuda' was forced ({ENV_VAR} or backend argument) but the scan computes "
             f"in {dtype}, and the mamba-ssm kernel supports only float32, float16 and bfloat16. Use float32 "
@@ -73,12 +89,33 @@ def resolve_backend(device: torch.device, backend: Optional[str] = None, *,
     return "cuda"
 
 
+def _check_forced_numba(device, device_type: str, dtype: Optional[torch.dtype]) -> str:
+    if device_type != "cpu":
+        raise RuntimeError(
+            f"Selective-scan backend 'numba' was forced ({ENV_VAR} or backend argument) but the tensors are "
+            f"on device '{device}', and the numba kernel only runs on CPU tensors. Set {ENV_VAR}=auto to use "
+            f"the mamba-ssm kernel on a GPU (or {ENV_VAR}=torch for the pure-PyTorch scan).")
+    if dtype is not None and dtype not in NUMBA_KERNEL_DTYPES:
+        raise RuntimeError(
+            f"Selective-scan backend 'numba' was forced ({ENV_VAR} or backend argument) but the scan computes "
+            f"in {dtype}, and the numba kernel supports only float32 and float64. Use float32 inputs, or set "
+            f"{ENV_VAR}=torch (or auto) to use the pure-PyTorch scan.")
+    available, reason = numba_status()
+    if not available:
+        raise RuntimeError(
+            f"Selective-scan backend 'numba' was forced but {reason}. Install it with `pip install numba` "
+            f"(the tested version is pinned in requirements-cpu.txt), or set {ENV_VAR}=torch (or auto) to "
+            f"use the pure-PyTorch scan.")
+    return "numba"
+
+
 def available_backends() -> Dict[str, str]:
     """Backend name -> '' when usable on this machine, else the reason it is not."""
     cuda_ok, reason = cuda_kernel_status()
     if cuda_ok and not torch.cuda.is_available():
         cuda_ok, reason = False, "mamba_ssm imports but no CUDA device is visible"
-    return {"torch": "", "cuda": "" if cuda_ok else reason}
+    numba_ok, numba_reason = numba_status()
+    return {"torch": "", "numba": "" if numba_ok else numba_reason, "cuda": "" if cuda_ok else reason}
 
 
 def backend_report() -> str:
@@ -185,8 +222,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """mamba-ssm ``selective_scan_fn`` semantics; returns (batch, dim, L) in ``out_dtype`` (default u's dtype).
 
     Computed in float32 (float64 inputs stay float64) even under autocast; ``out_dtype=torch.float32``
-    keeps that precision for callers that go on summing the result. ``backend`` ('auto', 'cuda', 'torch')
-    overrides the NNUNET_MAMBA_SCAN environment variable. Assumes A <= 0 and delta >= 0 (after bias and
+    keeps that precision for callers that go on summing the result. ``backend`` ('auto', 'cuda', 'numba',
+    'torch') overrides the NNUNET_MAMBA_SCAN environment variable. Assumes A <= 0 and delta >= 0 (after bias and
     softplus), so that the state decays; otherwise it can grow until it overflows.
     """
     _check_dtypes({"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias})
@@ -214,5 +251,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                 B_ = B_.unsqueeze(1)
             if C_.dim() == 3:
                 C_ = C_.unsqueeze(1)
-            out = selective_scan_torch(u_, delta_, A_, B_, C_, D_, z_, bias_, delta_softplus)
+            scan = selective_scan_numba if chosen == "numba" else selective_scan_torch
+            out = scan(u_, delta_, A_, B_, C_, D_, z_, bias_, delta_softplus)
     return out.to(out_dtype)

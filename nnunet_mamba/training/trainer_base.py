@@ -101,9 +101,9 @@ class MambaTrainerBase(nnUNetTrainer):
         return _unwrap(self.network)
 
     def initialize(self):
-        if not self.was_initialized:  # nnU-Net's classmethod cannot see the configuration's name: say it here
-            require_supported_dims(type(self).network_name, self.configuration_manager.patch_size,
-                                   self.configuration_name)
+        if self.network_name and not self.was_initialized:
+            # nnU-Net's classmethod cannot see the configuration's name: name it here
+            require_supported_dims(self.network_name, self.configuration_manager.patch_size, self.configuration_name)
         super().initialize()
         if self.is_ddp:
             self._wrap_training_modules_for_ddp()

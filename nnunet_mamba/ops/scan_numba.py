@@ -1,0 +1,222 @@
+"""The compiled CPU selective scan (numba): guarded loading, thread settings, and its autograd Function.
+
+The kernels themselves are in :mod:`nnunet_mamba.ops.numba_kernels`. numba is imported lazily, once, and
+why it failed is remembered (as for the mamba-ssm kernel in ``scan_cuda``), so ``import nnunet_mamba``
+stays fast and works without numba, and error messages can say what went wrong.
+
+Compiled kernels are cached on disk (numba's ``cache=True``): next to the module in ``__pycache__`` when
+that is writable, else in numba's user-wide cache (``~/.cache/numba``), or wherever ``NUMBA_CACHE_DIR``
+points. A process pays the compile (about 10-20 s per dtype) once per machine and source version; where no
+cache location is writable, the kernels are compiled in memory in every process instead.
+"""
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import Optional, Tuple
+
+import torch
+
+KERNEL_MODULE = "nnunet_mamba.ops.numba_kernels"
+INSTALL_HINT = "install it with `pip install numba` (pinned in requirements-cpu.txt)"
+# Channels scanned together by one work unit: the SIMD lanes of the kernels' inner loops (a multiple of 8
+# float32 lanes where the group is wide enough). Wider blocks mean fewer, longer inner loops but larger
+# per-thread buffers and fewer units to share among threads.
+MAX_BLOCK_WIDTH = 64
+# Positions per pass of the forward: its (positions, width) buffers stay in the L2 cache.
+FORWARD_CHUNK = 256
+# The backward keeps the states and decays of one chunk of positions per thread, 2 x chunk x N x width
+# values: 64Ki values (256 KiB in float32) fit a core's L2 cache.
+BACKWARD_BUFFER_ELEMENTS = 1 << 16
+
+_load_lock = threading.Lock()
+# numba's fallback threading layer (workqueue) must not run two parallel kernels at once, and the kernels
+# release the GIL, so launches are serialised here
+_launch_lock = threading.Lock()
+_attempted = False
+_kernels = None
+_unavailable_reason = ""
+
+
+def _load() -> None:
+    global _attempted, _kernels, _unavailable_reason
+    with _load_lock:
+        if _attempted:
+            return
+        _kernels, _unavailable_reason = None, ""
+        try:
+            _kernels = importlib.import_module(KERNEL_MODULE)
+        except Exception as error:  # ImportError, but also e.g. a numba built for another numpy
+            _unavailable_reason = f"numba could not be imported ({type(error).__name__}: {error})"
+        _attempted = True
+
+
+def numba_status() -> Tuple[bool, str]:
+    """``(True, "")`` when numba imports and the kernels are defined, else ``(False, reason)``."""
+    _load()
+    if _kernels is None:
+        return False, _unavailable_reason
+    return True, ""
+
+
+def numba_details() -> str:
+    """numba's version, threading layer and where compiled kernels are cached (for ``doctor``)."""
+    available, reason = numba_status()
+    if not available:
+        return reason
+    import numba
+
+    return f"numba {numba.__version__}, {_kernels.CACHE_NOTE}"
+
+
+def _get_kernels():
+    available, reason = numba_status()
+    if not available:
+        raise RuntimeError(
+            f"The numba selective-scan backend is unavailable: {reason}. Install it with `pip install numba` "
+            f"(pinned in requirements-cpu.txt), or set NNUNET_MAMBA_SCAN=torch to use the pure-PyTorch scan.")
+    return _kernels
+
+
+def _use_torch_threads() -> int:
+    """Run numba's parallel loops on as many threads as torch's intra-op pool: both never run at once, and
+    more threads than that would oversubscribe the cores the user gave torch."""
+    import numba
+
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
+    return threads
+
+
+def channel_blocks(batch: int, groups: int, per_group: int, threads: int) -> Tuple[int, int]:
+    """(width, blocks): every group's channels in ``blocks`` blocks of ``width`` channels (the last one may
+    be narrower), with enough work units, (batch, group, block), for every thread and evenly spread.
+
+    Each unit of the backward writes its own (L, N) slices of the B/C gradients, summed over blocks
+    afterwards: more blocks cost that memory and sum, so there are no more than the threads need.
+    """
+    if per_group <= 0:
+        return 1, 1
+    blocks = -(-per_group // MAX_BLOCK_WIDTH)
+    while blocks < per_group:
+        units = batch * groups * blocks
+        if units >= threads and (units % threads == 0 or units >= 4 * threads):
+            break
+        blocks += 1
+    width = -(-per_group // blocks)
+    if width > 8:
+        width = -(-width // 8) * 8  # whole 8-lane vectors
+    return width, -(-per_group // width)
+
+
+def backward_chunk(seq_len: int, d_state: int, width: int) -> int:
+    """Positions per backward chunk: its states and decays fill BACKWARD_BUFFER_ELEMENTS."""
+    per_position = 2 * max(1, d_state) * max(1, width)
+    return max(1, min(seq_len, BACKWARD_BUFFER_ELEMENTS // per_position))
+
+
+def _array(t: Optional[torch.Tensor], empty_shape, like: torch.Tensor):
+    """A C-contiguous numpy view of ``t`` (for the kernels), or an empty array standing in for None."""
+    if t is None:
+        return like.new_empty(empty_shape).numpy()
+    t = t.detach()
+    if t.is_neg():
+        t = t.resolve_neg()
+    return t.contiguous().numpy()
+
+
+def _transposed(t: torch.Tensor) -> torch.Tensor:
+    """(batch, groups, N, L) -> (batch, groups, L, N): the N values of one position next to each other."""
+    return t.detach().transpose(-1, -2).contiguous()
+
+
+def _run_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> torch.Tensor:
+    kernels = _get_kernels()
+    batch, dim, seq_len = u.shape
+    groups = B.shape[1]
+    out = torch.empty_like(u, memory_format=torch.contiguous_format)
+    args = (_array(u, None, u), _array(delta, None, u), _array(A, None, u),
+            _array(_transposed(B), None, u), _array(_transposed(C), None, u),
+            _array(D, (0,), u), _array(z, (0, 0, 0), u), _array(delta_bias, (0,), u),
+            D is not None, z is not None, delta_bias is not None, bool(delta_softplus))
+    with _launch_lock:
+        threads = _use_torch_threads()
+        width, blocks = channel_blocks(batch, groups, dim // groups, threads)
+        kernels.scan_forward(*args, width, blocks, max(1, min(seq_len, FORWARD_CHUNK)), out.numpy())
+    return out
+
+
+class NumbaSelectiveScan(torch.autograd.Function):
+    """out = (y + D u) * silu(z), the full selective scan in one kernel each way.
+
+    Saves only its inputs; the backward recomputes the states (see :mod:`nnunet_mamba.ops.numba_kernels`)
+    and computes only the gradients autograd asks for.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        ctx.delta_softplus = delta_softplus
+        return _run_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+        need_u, need_delta, need_A, need_B, need_C, need_D, need_z, need_bias = ctx.needs_input_grad[:8]
+        kernels = _get_kernels()
+        batch, dim, seq_len = u.shape
+        groups, d_state = B.shape[1], B.shape[2]
+
+        def output(needed, shape):
+            return u.new_empty(shape if needed else (0,) * len(shape))
+
+        need_delta_any = need_delta or need_bias
+        grad_u = output(need_u, (batch, dim, seq_len))
+        grad_delta = output(need_delta_any, (batch, dim, seq_len))
+        grad_z = output(need_z, (batch, dim, seq_len))
+        grad_A = output(need_A, (batch, dim, d_state))
+        grad_D = output(need_D, (batch, dim))
+        grad_bias = output(need_delta_any, (batch, dim))
+        with _launch_lock:
+            threads = _use_torch_threads()
+            width, blocks = channel_blocks(batch, groups, dim // groups, threads)
+            grad_B_acc = output(need_B, (blocks, batch, groups, seq_len, d_state))
+            grad_C_acc = output(need_C, (blocks, batch, groups, seq_len, d_state))
+            kernels.scan_backward(
+                _array(u, None, u), _array(delta, None, u), _array(A, None, u),
+                _array(_transposed(B), None, u), _array(_transposed(C), None, u),
+                _array(D, (0,), u), _array(z, (0, 0, 0), u), _array(delta_bias, (0,), u),
+                _array(grad_out.to(u.dtype), None, u),
+                D is not None, z is not None, delta_bias is not None, bool(ctx.delta_softplus),
+                need_u, need_delta_any, need_A, need_B, need_C, need_D, need_z,
+                width, blocks, backward_chunk(seq_len, d_state, width),
+                grad_u.numpy(), grad_delta.numpy(), grad_z.numpy(), grad_A.numpy(), grad_D.numpy(),
+                grad_bias.numpy(), grad_B_acc.numpy(), grad_C_acc.numpy())
+
+        def per_group(acc):  # (blocks, batch, groups, L, N) -> (batch, groups, N, L)
+            total = acc[0] if blocks == 1 else acc.sum(0)
+            return total.transpose(-1, -2).contiguous()
+
+        return (grad_u if need_u else None,
+                grad_delta if need_delta else None,
+                grad_A.sum(0) if need_A else None,
+                per_group(grad_B_acc) if need_B else None,
+                per_group(grad_C_acc) if need_C else None,
+                grad_D.sum(0) if need_D else None,
+                grad_z if need_z else None,
+                grad_bias.sum(0) if need_bias else None,
+                None)
+
+
+def selective_scan_numba(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Selective scan on validated CPU tensors of one dtype (float32 or float64), B and C as
+    (batch, groups, N, L).
+
+    When autograd will not need a backward (``torch.no_grad``, or no input requires grad) the kernel runs
+    directly and nothing is saved.
+    """
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        return NumbaSelectiveScan.apply(*inputs, delta_softplus)
+    return _run_forward(*inputs, delta_softplus)
