@@ -18,6 +18,10 @@ from e2e_support import ext_trainer_paths  # noqa: E402
 os.environ["nnUNet_extTrainer"] = ext_trainer_paths()
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains through nnU-Net (minutes); deselect with -m 'not slow'")
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT

@@ -8,6 +8,8 @@ import torch.multiprocessing as mp
 
 from e2e_support import DATASET_ID, ext_trainer_paths, random_training_batch
 
+pytestmark = pytest.mark.slow
+
 
 def _cpu_ddp(module, device_ids=None, **kwargs):
     # nnU-Net passes device_ids=[local_rank], which only CUDA modules accept; everything else is nnU-Net's

@@ -17,6 +17,8 @@ from nnunet_mamba.training.loss_terms import PLOT_NAME
 from nnunet_mamba.training.self_distillation import TERM_NAMES
 from nnunet_mamba.training.trainer_base import COMPILE_DISABLED_REASON, TRAINING_MODULES_KEY
 
+pytestmark = pytest.mark.slow
+
 TRAINER = "nnUNetTrainerVMUNetTest"
 DSVM_TRAINER = "nnUNetTrainerDSVMUNetTest"
 

@@ -11,6 +11,8 @@ from nnunet_mamba.distillation import LevelFeatureTap
 from nnunet_mamba.training.self_distillation import TERM_NAMES
 from nnunet_mamba.training.trainer_base import PRETRAINED_ENV_VAR, TRAINING_MODULES_KEY
 
+pytestmark = pytest.mark.slow
+
 PROJECTION, PROGRESSIVE = TERM_NAMES["projection"], TERM_NAMES["progressive"]
 
 
