@@ -25,6 +25,7 @@ setup(
         "pillow",
         "matplotlib",
         "tqdm",
+        "numba>=0.60",  # the compiled CPU selective scan (nnunet_mamba.ops.scan_numba); optional at run time
     ],
     extras_require={
         # compile CUDA kernels at install time; needs a CUDA toolkit and a CUDA build of torch

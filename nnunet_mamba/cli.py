@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = (
     "nnunet_mamba.commands.benchmark",
     "nnunet_mamba.commands.convert",
     "nnunet_mamba.commands.evaluate",
+    "nnunet_mamba.commands.train",
 )
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from nnunet_mamba import discovery
 from nnunet_mamba.cli import main
@@ -47,7 +48,9 @@ def test_doctor_reports_lookup_failure_and_success():
     unset = _run(["doctor"], {})
     assert unset.returncode == 1
     assert "does not list our trainers folder" in unset.stdout
-    assert "tensors on cpu use the 'torch' backend" in unset.stdout
+    from nnunet_mamba.ops import resolve_backend
+
+    assert f"tensors on cpu use the '{resolve_backend(torch.device('cpu'))}' backend" in unset.stdout
 
     configured = _run(["doctor"], {discovery.ENV_VAR: str(discovery.trainers_folder())})
     assert configured.returncode == 0, configured.stdout + configured.stderr

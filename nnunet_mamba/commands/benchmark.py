@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--num-classes", type=int, default=1, help="flops: output channels (default: 1)")
     parser.add_argument("--distillation", action="store_true",
                         help="flops: also count DSVM-UNet's training-only self-distillation heads")
-    parser.add_argument("--backends", nargs="+", default=["auto"], choices=["auto", "cuda", "torch", "numba"],
+    parser.add_argument("--backends", nargs="+", default=["auto"], choices=["auto", "cuda", "triton", "numba", "torch"],
                         help="network: scan backends to compare (default: auto)")
     parser.add_argument("--no-amp", action="store_true", help="network: float32 instead of bf16 autocast on CUDA")
     parser.add_argument("--compare-nnunet", action="store_true",

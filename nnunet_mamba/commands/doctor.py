@@ -35,7 +35,8 @@ def run(args) -> int:
     import torch
 
     from nnunet_mamba import __version__, discovery
-    from nnunet_mamba.ops import ENV_VAR, available_backends, cuda_kernel_status, resolve_backend
+    from nnunet_mamba.ops import (ENV_VAR, available_backends, cuda_kernel_status, numba_details, numba_status,
+                                  resolve_backend)
 
     problems = []
     print(f"nnunet-mamba {__version__}")
@@ -50,6 +51,9 @@ def run(args) -> int:
     _section("selective scan")
     kernel_ok, kernel_reason = cuda_kernel_status()
     print(f"  mamba-ssm compiled CUDA kernel present: {'yes' if kernel_ok else 'no - ' + kernel_reason}")
+    numba_ok, _ = numba_status()
+    print(f"  numba compiled CPU kernel: {'yes (' if numba_ok else 'no - '}{numba_details()}"
+          f"{')' if numba_ok else '; the pure-PyTorch scan runs on CPU (slower): pip install numba'}")
     print(f"  {ENV_VAR}={os.environ.get(ENV_VAR, '(unset: auto)')}")
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         try:

@@ -18,16 +18,18 @@ from typing import Optional, Tuple
 import torch
 
 KERNEL_MODULE = "nnunet_mamba.ops.numba_kernels"
-INSTALL_HINT = "install it with `pip install numba` (pinned in requirements-cpu.txt)"
 # Channels scanned together by one work unit: the SIMD lanes of the kernels' inner loops (a multiple of 8
 # float32 lanes where the group is wide enough). Wider blocks mean fewer, longer inner loops but larger
 # per-thread buffers and fewer units to share among threads.
 MAX_BLOCK_WIDTH = 64
 # Positions per pass of the forward: its (positions, width) buffers stay in the L2 cache.
 FORWARD_CHUNK = 256
-# The backward keeps the states and decays of one chunk of positions per thread, 2 x chunk x N x width
-# values: 64Ki values (256 KiB in float32) fit a core's L2 cache.
-BACKWARD_BUFFER_ELEMENTS = 1 << 16
+# The backward re-scans the sequence a chunk at a time, last chunk first, keeping the chunk's states and
+# decays per thread: 2 x chunk x N x width values, 128Ki (512 KiB in float32) or less, about a core's L2
+# cache (32 to 128 positions measured the same). The training forward saves the state at every chunk start
+# for it, N / chunk times the size of u (a quarter for N = 16 and the 64-position chunks this gives);
+# without them the backward would first have to scan the whole sequence once more to find them.
+BACKWARD_BUFFER_ELEMENTS = 1 << 17
 
 _load_lock = threading.Lock()
 # numba's fallback threading layer (workqueue) must not run two parallel kernels at once, and the kernels
@@ -60,7 +62,7 @@ def numba_status() -> Tuple[bool, str]:
 
 
 def numba_details() -> str:
-    """numba's version, threading layer and where compiled kernels are cached (for ``doctor``)."""
+    """numba's version and where compiled kernels are cached, or why numba is unavailable (for ``doctor``)."""
     available, reason = numba_status()
     if not available:
         return reason
@@ -109,9 +111,10 @@ def channel_blocks(batch: int, groups: int, per_group: int, threads: int) -> Tup
     return width, -(-per_group // width)
 
 
-def backward_chunk(seq_len: int, d_state: int, width: int) -> int:
-    """Positions per backward chunk: its states and decays fill BACKWARD_BUFFER_ELEMENTS."""
-    per_position = 2 * max(1, d_state) * max(1, width)
+def backward_chunk(seq_len: int, d_state: int) -> int:
+    """Positions per backward chunk: states and decays of the widest block fill BACKWARD_BUFFER_ELEMENTS
+    (independent of the thread count, which may change between forward and backward)."""
+    per_position = 2 * max(1, d_state) * MAX_BLOCK_WIDTH
     return max(1, min(seq_len, BACKWARD_BUFFER_ELEMENTS // per_position))
 
 
@@ -130,11 +133,17 @@ def _transposed(t: torch.Tensor) -> torch.Tensor:
     return t.detach().transpose(-1, -2).contiguous()
 
 
-def _run_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> torch.Tensor:
+def _run_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_every: int = 0):
+    """(out, starts): the scan's output and, when ``save_every`` > 0, the state before every
+    ``save_every``-th position, (batch, chunks, N, dim), for the backward."""
     kernels = _get_kernels()
     batch, dim, seq_len = u.shape
-    groups = B.shape[1]
+    groups, d_state = B.shape[1], B.shape[2]
     out = torch.empty_like(u, memory_format=torch.contiguous_format)
+    if save_every:
+        starts = u.new_empty((batch, -(-seq_len // save_every), d_state, dim))
+    else:
+        starts = u.new_empty((0, 0, 0, 0))
     args = (_array(u, None, u), _array(delta, None, u), _array(A, None, u),
             _array(_transposed(B), None, u), _array(_transposed(C), None, u),
             _array(D, (0,), u), _array(z, (0, 0, 0), u), _array(delta_bias, (0,), u),
@@ -142,27 +151,30 @@ def _run_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> torch.T
     with _launch_lock:
         threads = _use_torch_threads()
         width, blocks = channel_blocks(batch, groups, dim // groups, threads)
-        kernels.scan_forward(*args, width, blocks, max(1, min(seq_len, FORWARD_CHUNK)), out.numpy())
-    return out
+        kernels.scan_forward(*args, width, blocks, max(1, min(seq_len, FORWARD_CHUNK)), max(1, save_every),
+                             out.numpy(), starts.numpy())
+    return out, starts
 
 
 class NumbaSelectiveScan(torch.autograd.Function):
     """out = (y + D u) * silu(z), the full selective scan in one kernel each way.
 
-    Saves only its inputs; the backward recomputes the states (see :mod:`nnunet_mamba.ops.numba_kernels`)
-    and computes only the gradients autograd asks for.
+    Saves its inputs and the state at every backward-chunk start; the backward recomputes the states in
+    between (see :mod:`nnunet_mamba.ops.numba_kernels`) and computes only the gradients autograd asks for.
     """
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
         ctx.delta_softplus = delta_softplus
-        return _run_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        ctx.chunk = backward_chunk(u.shape[2], A.shape[1])
+        out, starts = _run_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ctx.chunk)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, starts)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, starts = ctx.saved_tensors
         need_u, need_delta, need_A, need_B, need_C, need_D, need_z, need_bias = ctx.needs_input_grad[:8]
         kernels = _get_kernels()
         batch, dim, seq_len = u.shape
@@ -187,10 +199,10 @@ class NumbaSelectiveScan(torch.autograd.Function):
                 _array(u, None, u), _array(delta, None, u), _array(A, None, u),
                 _array(_transposed(B), None, u), _array(_transposed(C), None, u),
                 _array(D, (0,), u), _array(z, (0, 0, 0), u), _array(delta_bias, (0,), u),
-                _array(grad_out.to(u.dtype), None, u),
+                _array(grad_out.to(u.dtype), None, u), starts.numpy(),
                 D is not None, z is not None, delta_bias is not None, bool(ctx.delta_softplus),
                 need_u, need_delta_any, need_A, need_B, need_C, need_D, need_z,
-                width, blocks, backward_chunk(seq_len, d_state, width),
+                width, blocks, ctx.chunk,
                 grad_u.numpy(), grad_delta.numpy(), grad_z.numpy(), grad_A.numpy(), grad_D.numpy(),
                 grad_bias.numpy(), grad_B_acc.numpy(), grad_C_acc.numpy())
 
@@ -219,4 +231,4 @@ def selective_scan_numba(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
         return NumbaSelectiveScan.apply(*inputs, delta_softplus)
-    return _run_forward(*inputs, delta_softplus)
+    return _run_forward(*inputs, delta_softplus)[0]

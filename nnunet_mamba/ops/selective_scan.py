@@ -19,9 +19,10 @@ import torch
 from nnunet_mamba.ops.scan_cuda import cuda_kernel_status, selective_scan_cuda
 from nnunet_mamba.ops.scan_numba import numba_status, selective_scan_numba
 from nnunet_mamba.ops.scan_torch import selective_scan_torch
+from nnunet_mamba.ops.scan_triton import selective_scan_triton, triton_status
 
 ENV_VAR = "NNUNET_MAMBA_SCAN"
-BACKEND_CHOICES = ("auto", "cuda", "numba", "torch")
+BACKEND_CHOICES = ("auto", "cuda", "triton", "numba", "torch")
 # what mamba-ssm's kernel is compiled for; float64 is not among them
 CUDA_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # the scan computes in one of these; the numba kernels compile for both
@@ -59,13 +60,18 @@ def resolve_backend(device: torch.device, backend: Optional[str] = None, *,
         return "torch"
     if choice == "auto":
         if device_type == "cuda":
-            kernel_dtype = dtype is None or dtype in CUDA_KERNEL_DTYPES
-            return "cuda" if kernel_dtype and cuda_kernel_status()[0] else "torch"
+            if dtype is not None and dtype not in CUDA_KERNEL_DTYPES:
+                return "torch"
+            if cuda_kernel_status()[0]:
+                return "cuda"
+            return "triton" if triton_status(device)[0] else "torch"
         if device_type == "cpu" and (dtype is None or dtype in NUMBA_KERNEL_DTYPES):
             return "numba" if numba_status()[0] else "torch"
         return "torch"
     if choice == "numba":
         return _check_forced_numba(device, device_type, dtype)
+    if choice == "triton":
+        return _check_forced_triton(device, dtype)
     return _check_forced_cuda(device, device_type, dtype)
 
 
@@ -109,13 +115,27 @@ def _check_forced_numba(device, device_type: str, dtype: Optional[torch.dtype]) 
     return "numba"
 
 
+def _check_forced_triton(device, dtype: Optional[torch.dtype]) -> str:
+    if dtype is not None and dtype not in CUDA_KERNEL_DTYPES:
+        raise RuntimeError(
+            f"Selective-scan backend 'triton' was forced ({ENV_VAR} or backend argument) but the scan computes "
+            f"in {dtype}; the Triton kernels take float32, float16 and bfloat16. Use float32 inputs, or set "
+            f"{ENV_VAR}=torch (or auto).")
+    available, reason = triton_status(device)
+    if not available:
+        raise RuntimeError(f"Selective-scan backend 'triton' was forced but {reason}. Set {ENV_VAR}=auto (or torch).")
+    return "triton"
+
+
 def available_backends() -> Dict[str, str]:
     """Backend name -> '' when usable on this machine, else the reason it is not."""
     cuda_ok, reason = cuda_kernel_status()
     if cuda_ok and not torch.cuda.is_available():
         cuda_ok, reason = False, "mamba_ssm imports but no CUDA device is visible"
     numba_ok, numba_reason = numba_status()
-    return {"torch": "", "numba": "" if numba_ok else numba_reason, "cuda": "" if cuda_ok else reason}
+    triton_ok, triton_reason = triton_status("cuda" if torch.cuda.is_available() else "cpu")
+    return {"torch": "", "numba": "" if numba_ok else numba_reason, "cuda": "" if cuda_ok else reason,
+            "triton": "" if triton_ok else triton_reason}
 
 
 def backend_report() -> str:
@@ -251,6 +271,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                 B_ = B_.unsqueeze(1)
             if C_.dim() == 3:
                 C_ = C_.unsqueeze(1)
-            scan = selective_scan_numba if chosen == "numba" else selective_scan_torch
+            scan = {"numba": selective_scan_numba, "triton": selective_scan_triton}.get(chosen, selective_scan_torch)
             out = scan(u_, delta_, A_, B_, C_, D_, z_, bias_, delta_softplus)
     return out.to(out_dtype)

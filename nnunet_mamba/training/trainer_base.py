@@ -118,7 +118,9 @@ class MambaTrainerBase(nnUNetTrainer):
 
     @property
     def ddp_device_ids(self) -> list[int] | None:
-        return [self.local_rank] if self.device.type == "cuda" else None
+        # nnU-Net's local_rank is the global rank: on a second node the GPU is the device's own index
+        return [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else None
 
     def _get_deep_supervision_scales(self):
         if not self.enable_deep_supervision:
