@@ -64,9 +64,12 @@ def test_torch_backend_on_gpu_matches_cpu():
 
 @requires_cuda
 def test_auto_backend_prefers_the_kernel_on_gpu():
-    expected = "cuda" if cuda_kernel_status()[0] else "torch"
-    assert resolve_backend(torch.device("cuda")) == expected
-    assert resolve_backend(torch.device("cpu")) == "torch"
+    from nnunet_mamba.ops.scan_numba import numba_status
+    from nnunet_mamba.ops.scan_triton import triton_status
+
+    gpu_fallback = "triton" if triton_status(torch.device("cuda"))[0] else "torch"
+    assert resolve_backend(torch.device("cuda")) == ("cuda" if cuda_kernel_status()[0] else gpu_fallback)
+    assert resolve_backend(torch.device("cpu")) == ("numba" if numba_status()[0] else "torch")
 
 
 AMP_RELATIVE_ERROR = {torch.float16: 0.01, torch.bfloat16: 0.05}

@@ -321,7 +321,8 @@ def test_bad_env_var_value_is_rejected(monkeypatch):
 
 @pytest.mark.parametrize("backend", [1, True, torch.device("cpu")])
 def test_non_string_backend_is_rejected_by_name(backend):
-    with pytest.raises(ValueError, match=r"backend .* must be a string, one of auto, cuda, triton, numba, torch, or None"):
+    with pytest.raises(ValueError,
+                       match=r"backend .* must be a string, one of auto, cuda, triton, numba, torch, or None"):
         selective_scan(**make_inputs(1, 4, 4, 10, 1), backend=backend)
 
 

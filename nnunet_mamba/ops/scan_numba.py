@@ -22,14 +22,16 @@ KERNEL_MODULE = "nnunet_mamba.ops.numba_kernels"
 # float32 lanes where the group is wide enough). Wider blocks mean fewer, longer inner loops but larger
 # per-thread buffers and fewer units to share among threads.
 MAX_BLOCK_WIDTH = 64
-# Positions per pass of the forward: its (positions, width) buffers stay in the L2 cache.
+# Positions per pass of the forward (its (positions, width) buffers stay in the L2 cache); 64 to 1024
+# measured alike.
 FORWARD_CHUNK = 256
 # The backward re-scans the sequence a chunk at a time, last chunk first, keeping the chunk's states and
-# decays per thread: 2 x chunk x N x width values, 128Ki (512 KiB in float32) or less, about a core's L2
-# cache (32 to 128 positions measured the same). The training forward saves the state at every chunk start
-# for it, N / chunk times the size of u (a quarter for N = 16 and the 64-position chunks this gives);
-# without them the backward would first have to scan the whole sequence once more to find them.
-BACKWARD_BUFFER_ELEMENTS = 1 << 17
+# decays per thread: 2 x chunk x N x width values, here 512Ki (2 MiB in float32, 256 positions for N = 16):
+# on 2 cores of an EPYC, chunks of 256 to 512 positions were fastest (32: 1.3x and 1024: 1.05x slower),
+# the loop overheads of short chunks costing more than the L2 misses of long ones. The training forward
+# saves the state at every chunk start for it, N / chunk times the size of u (1/16 here); without them the
+# backward would first have to scan the whole sequence once more to find them.
+BACKWARD_BUFFER_ELEMENTS = 1 << 19
 
 _load_lock = threading.Lock()
 # numba's fallback threading layer (workqueue) must not run two parallel kernels at once, and the kernels
@@ -128,11 +130,6 @@ def _array(t: Optional[torch.Tensor], empty_shape, like: torch.Tensor):
     return t.contiguous().numpy()
 
 
-def _transposed(t: torch.Tensor) -> torch.Tensor:
-    """(batch, groups, N, L) -> (batch, groups, L, N): the N values of one position next to each other."""
-    return t.detach().transpose(-1, -2).contiguous()
-
-
 def _run_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_every: int = 0):
     """(out, starts): the scan's output and, when ``save_every`` > 0, the state before every
     ``save_every``-th position, (batch, chunks, N, dim), for the backward."""
@@ -145,7 +142,7 @@ def _run_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_every
     else:
         starts = u.new_empty((0, 0, 0, 0))
     args = (_array(u, None, u), _array(delta, None, u), _array(A, None, u),
-            _array(_transposed(B), None, u), _array(_transposed(C), None, u),
+            _array(B, None, u), _array(C, None, u),
             _array(D, (0,), u), _array(z, (0, 0, 0), u), _array(delta_bias, (0,), u),
             D is not None, z is not None, delta_bias is not None, bool(delta_softplus))
     with _launch_lock:
@@ -193,11 +190,11 @@ class NumbaSelectiveScan(torch.autograd.Function):
         with _launch_lock:
             threads = _use_torch_threads()
             width, blocks = channel_blocks(batch, groups, dim // groups, threads)
-            grad_B_acc = output(need_B, (blocks, batch, groups, seq_len, d_state))
-            grad_C_acc = output(need_C, (blocks, batch, groups, seq_len, d_state))
+            grad_B_acc = output(need_B, (blocks, batch, groups, d_state, seq_len))
+            grad_C_acc = output(need_C, (blocks, batch, groups, d_state, seq_len))
             kernels.scan_backward(
                 _array(u, None, u), _array(delta, None, u), _array(A, None, u),
-                _array(_transposed(B), None, u), _array(_transposed(C), None, u),
+                _array(B, None, u), _array(C, None, u),
                 _array(D, (0,), u), _array(z, (0, 0, 0), u), _array(delta_bias, (0,), u),
                 _array(grad_out.to(u.dtype), None, u), starts.numpy(),
                 D is not None, z is not None, delta_bias is not None, bool(ctx.delta_softplus),
@@ -206,9 +203,8 @@ class NumbaSelectiveScan(torch.autograd.Function):
                 grad_u.numpy(), grad_delta.numpy(), grad_z.numpy(), grad_A.numpy(), grad_D.numpy(),
                 grad_bias.numpy(), grad_B_acc.numpy(), grad_C_acc.numpy())
 
-        def per_group(acc):  # (blocks, batch, groups, L, N) -> (batch, groups, N, L)
-            total = acc[0] if blocks == 1 else acc.sum(0)
-            return total.transpose(-1, -2).contiguous()
+        def per_group(acc):  # (blocks, batch, groups, N, L) -> (batch, groups, N, L)
+            return acc[0] if blocks == 1 else acc.sum(0)
 
         return (grad_u if need_u else None,
                 grad_delta if need_delta else None,
