@@ -12,10 +12,12 @@ setup(
     long_description=README.read_text(encoding="utf-8") if README.exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["nnunet_mamba", "nnunet_mamba.*"]) + ["nnunet_mamba_trainers"],
+    packages=find_packages(include=["nnunet_mamba", "nnunet_mamba.*"]) + ["nnunet_mamba_trainers",
+                                                                          "nnunet_mamba_planners"],
     # nnU-Net imports every module of an nnUNet_extTrainer folder as a top-level module; the trainers are
     # installed as their own folder so that `nnunet-mamba env` can point nnUNet_extTrainer at it.
-    package_dir={"nnunet_mamba_trainers": "trainers"},
+    # The planners (run by `nnunet-mamba plan`) are installed the same way.
+    package_dir={"nnunet_mamba_trainers": "trainers", "nnunet_mamba_planners": "planners"},
     install_requires=[
         "torch>=2.1",
         "nnunetv2>=2.8.1,<2.9",
@@ -32,6 +34,8 @@ setup(
         "cuda": ["mamba-ssm>=2.2,<2.4", "causal-conv1d>=1.4"],
         "test": ["pytest>=7", "mambapy==1.2.0"],
         "benchmark": ["mambapy==1.2.0"],
+        # the papers' own complexity counters, to reproduce their published figures
+        "paper-counts": ["thop==0.1.1.post2209072238", "fvcore==0.1.5.post20221221"],
     },
     entry_points={"console_scripts": ["nnunet-mamba=nnunet_mamba.cli:main"]},
 )

@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "nnunet_mamba.commands.convert",
     "nnunet_mamba.commands.evaluate",
     "nnunet_mamba.commands.train",
+    "nnunet_mamba.commands.plan",
 )
 
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_mamba.ops import cuda_kernel_status, resolve_backend, selective_scan
+from nnunet_mamba.ops.scan_triton import triton_status
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 requires_kernel = pytest.mark.skipif(not (torch.cuda.is_available() and cuda_kernel_status()[0]),
@@ -30,7 +31,9 @@ def _inputs(batch, dim, length, d_state, groups, device, with_z=True, seed=0):
 
 
 def _run(backend, tensors):
-    out = selective_scan(**tensors, delta_softplus=True, backend=backend)
+    """Output and gradients of ``backend`` (a name, or a scan function) on ``tensors``."""
+    scan = backend if callable(backend) else lambda **kw: selective_scan(**kw, backend=backend)
+    out = scan(**tensors, delta_softplus=True)
     out.backward(torch.ones_like(out) / out.numel() ** 0.5)
     grads = {k: v.grad.clone() for k, v in tensors.items() if v is not None}
     for v in tensors.values():
@@ -51,6 +54,50 @@ def test_cuda_kernel_matches_torch_backend(length, groups, with_z):
         assert (grads_cuda[name] - grads_torch[name]).abs().max() / scale < 1e-3, name
 
 
+requires_triton_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available() or not triton_status(torch.device("cuda"))[0],
+    reason="needs a CUDA device and triton")
+
+
+def _float64_reference_on_cpu(tensors):
+    """The float64 sequential reference (tests/test_selective_scan.py) on CPU copies of ``tensors``."""
+    from test_selective_scan import reference_scan
+
+    leaves = {k: (v.detach().double().cpu().requires_grad_() if v is not None else None) for k, v in tensors.items()}
+    return _run(reference_scan, leaves)
+
+
+@requires_triton_gpu
+@pytest.mark.parametrize("length,groups,with_z", [(1, 1, False), (37, 4, True), (1024, 4, True), (4096, 6, False),
+                                                  (16384, 4, True)])
+def test_triton_on_gpu_matches_the_float64_reference_at_full_shapes(length, groups, with_z):
+    tensors = _inputs(1, 192, length, 16, groups, "cuda", with_z)
+    out, grads = _run("triton", tensors)
+    ref_out, ref_grads = _float64_reference_on_cpu(tensors)
+    scale = ref_out.abs().max().clamp_min(1.0)
+    assert (out.double().cpu() - ref_out).abs().max() / scale < 1e-4
+    for name, ref in ref_grads.items():
+        assert (grads[name].double().cpu() - ref).abs().max() / ref.abs().max().clamp_min(1.0) < 1e-4, name
+
+
+@requires_kernel
+@requires_triton_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("length,groups", [(1024, 4), (4096, 6)])
+def test_triton_matches_the_mamba_ssm_kernel(length, groups, dtype):
+    tensors = _inputs(2, 192, length, 16, groups, "cuda")
+    tensors = {k: (v.detach().to(dtype if k in ("u", "delta", "B", "C", "z") else torch.float32).requires_grad_()
+                   if v is not None else None) for k, v in tensors.items()}
+    out_triton, grads_triton = _run("triton", tensors)
+    out_cuda, grads_cuda = _run("cuda", tensors)
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    assert (out_triton.float() - out_cuda.float()).abs().max() / out_cuda.float().abs().max() < tolerance
+    for name in grads_cuda:
+        reference = grads_cuda[name].float()
+        assert (grads_triton[name].float() - reference).abs().max() / reference.abs().max().clamp_min(1.0) \
+            < 10 * tolerance, name
+
+
 @requires_cuda
 def test_torch_backend_on_gpu_matches_cpu():
     cpu = _inputs(1, 32, 300, 16, 4, "cpu")
@@ -65,7 +112,6 @@ def test_torch_backend_on_gpu_matches_cpu():
 @requires_cuda
 def test_auto_backend_prefers_the_kernel_on_gpu():
     from nnunet_mamba.ops.scan_numba import numba_status
-    from nnunet_mamba.ops.scan_triton import triton_status
 
     gpu_fallback = "triton" if triton_status(torch.device("cuda"))[0] else "torch"
     assert resolve_backend(torch.device("cuda")) == ("cuda" if cuda_kernel_status()[0] else gpu_fallback)

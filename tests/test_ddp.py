@@ -56,6 +56,7 @@ def _worker(rank: int, world_size: int, init_file: str, env: dict, result_file: 
 @pytest.mark.parametrize("trainer_name, deep_supervision", [
     ("nnUNetTrainerVMUNetQuick", False),  # the decoder's deep heads then get no gradient
     ("nnUNetTrainerDSVMUNetQuick", True),  # the network and the distillation heads, each in its own DDP wrapper
+    ("nnUNetTrainerLightMUNetQuick", False),  # a network without deep supervision, Adam and poly
 ])
 def test_two_process_gloo_train_steps_keep_replicas_identical(nnunet_workspace, tmp_path, trainer_name,
                                                                deep_supervision):

@@ -192,3 +192,89 @@ def test_cli_prints_parameters_and_both_conventions(capsys):
 def test_cli_rejects_an_unknown_network(capsys):
     assert main(["benchmark", "flops", "--network", "no_such_net", "--patch", "32", "32"]) == 2
     assert "unknown network 'no_such_net'" in capsys.readouterr().err
+
+
+# --- LightM-UNet and the papers' own counters ---------------------------------------------------------------------
+
+
+def _light_m_unet(input_channels, classes, conv_op, **options):
+    from nnunet_mamba.architectures.light_m_unet import LightMUNet
+
+    torch.manual_seed(0)
+    return LightMUNet(input_channels, classes, conv_op, **options).eval()
+
+
+def test_ours_counts_every_rvm_scan_of_light_m_unet():
+    model = _light_m_unet(3, 2, nn.Conv2d)
+    report = count_flops(model, torch.randn(1, 3, 16, 16))
+    assert report.parameters == 5_011_765
+    # 21 RVM layers: levels of 16x16, 8x8, 4x4, 2x2 tokens; each Mamba scans d_inner = 2C channels, D and z on
+    rvm_per_level = {(256, 32): 2 + 1, (64, 64): 4 + 1, (16, 128): 4 + 1, (4, 256): 8}
+    assert sorted((c.length, c.dim // 2) for c in report.scan_calls) == sorted(
+        key for key, count in rvm_per_level.items() for _ in range(count))
+    assert all(c.has_D and c.has_z and c.d_state == 16 for c in report.scan_calls)
+    expected_scan = sum(count * (9 * tokens * 2 * c * 16 + 2 * tokens * 2 * c)
+                        for (tokens, c), count in rvm_per_level.items())
+    assert report.macs_by_category[SELECTIVE_SCAN] == expected_scan
+
+
+@pytest.mark.parametrize("variant, conv_op, channels, classes, paper_input, params, gmacs", [
+    # the paper's Table 2 (Montgomery & Shenzhen) and Table 1 (LiTS): thop on the first upload
+    ("v0", nn.Conv2d, 3, 2, (12, 3, 512, 512), 1_091_810, 267.19),
+    ("v0", nn.Conv3d, 1, 3, (2, 1, 128, 128, 128), 1_865_987, 457.62),
+    # the same protocol on the official code at HEAD
+    ("official", nn.Conv2d, 3, 2, (12, 3, 512, 512), 727_581, 102.26),
+    ("official", nn.Conv3d, 1, 3, (2, 1, 128, 128, 128), 731_582, 60.77),
+])
+def test_thop_protocol_reproduces_the_papers_light_m_unet_figures(variant, conv_op, channels, classes,
+                                                                   paper_input, params, gmacs):
+    """thop's ops are per output element and its parameters do not depend on the input, so the paper's
+    batch-inside count is the count of a small input times the ratio of their voxels (checked here to hold
+    exactly between two inputs) instead of a 12 x 512^2 forward pass on CPU."""
+    pytest.importorskip("thop")
+    from nnunet_mamba.benchmarks.flops import count_thop
+
+    model = _light_m_unet(channels, classes, conv_op, variant=variant)
+    dims = len(paper_input) - 2
+    small, smaller = (1, channels) + (16,) * dims, (2, channels) + (8,) * dims
+    count = count_thop(model, torch.randn(*small))
+    assert count_thop(model, torch.randn(*smaller)).macs * 2 ** dims == count.macs * 2  # linear in batch x voxels
+    assert count.parameters == params
+    assert count.true_parameters == sum(p.numel() for p in model.parameters()) > 4.9e6
+    assert count.scan_macs > 0  # what thop cannot see
+    scale = math.prod(paper_input) // math.prod(small)
+    assert round(count.macs * scale / 1e9, 2) == gmacs
+
+
+def test_fvcore_protocol_counts_the_projections_but_not_the_scan():
+    pytest.importorskip("fvcore")
+    from nnunet_mamba.benchmarks.flops import count_fvcore
+    from nnunet_mamba.blocks.mamba import Mamba
+
+    torch.manual_seed(0)
+    block = Mamba(16)  # d_inner 32, dt_rank 1
+    count = count_fvcore(block, torch.randn(1, 10, 16))
+    tokens = 10
+    in_proj, x_proj, dt_proj, out_proj = 16 * 64, 32 * 33, 1 * 32, 32 * 16
+    conv = 32 * 4 * (tokens + 3)  # fvcore counts the padded causal convolution's full output, 3 more positions
+    assert count.macs == tokens * (in_proj + x_proj + dt_proj + out_proj) + conv
+    assert count.scan_macs == selective_scan_macs(1, 32, tokens, 16, has_D=True, has_z=True)
+    assert count.parameters == count.true_parameters == Mamba.parameter_count(16)
+
+
+def test_cli_thop_protocol_prints_the_counter_and_the_truth(capsys):
+    pytest.importorskip("thop")
+    assert main(["benchmark", "flops", "--network", "light_m_unet", "--protocol", "thop", "--network-arg",
+                 "variant='v0'", "--batch", "2", "--patch", "16", "16", "--input-channels", "3",
+                 "--num-classes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters (thop): 1.09 M (1,091,810); true: 5.38 M (5,375,991)" in out
+    assert "counted by thop.profile" in out and "batch 2 inside" in out
+
+
+def test_cli_rejects_bad_network_args(capsys):
+    assert main(["benchmark", "flops", "--network", "light_m_unet", "--network-arg", "variant=v7",
+                 "--patch", "16", "16"]) == 2
+    assert "variant must be one of 'official', 'v0'" in capsys.readouterr().err
+    assert main(["benchmark", "flops", "--network", "light_m_unet", "--network-arg", "v0", "--patch", "16", "16"]) == 2
+    assert "--network-arg 'v0' is not NAME=VALUE" in capsys.readouterr().err

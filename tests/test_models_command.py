@@ -15,8 +15,8 @@ def test_models_lists_every_network_with_counts_and_every_trainer(capsys):
         line = next(line for line in out.splitlines() if line.strip().startswith(name + " "))
         assert entry.description in line
     assert re.search(r"vm_unet\s+2D/3D\s+2D 27\.43 M, 3D 33\.54 M", out), out
-    for trainer in discovery.trainer_names():
-        assert re.search(rf"^  {trainer}\s+vm_unet\s+\S", out, flags=re.M), trainer
+    for trainer, trainer_class in discovery.our_trainers().items():
+        assert re.search(rf"^  {trainer}\s+{trainer_class.network_name}\s+\S", out, flags=re.M), trainer
 
 
 def test_version_names_ours_and_the_stack(capsys):

@@ -95,7 +95,7 @@ def test_builds_for_every_default_planner_configuration(name, fingerprint, defau
     for configuration in configurations:
         manager = plans.get_configuration(configuration)
         patch = [int(p) for p in manager.patch_size]
-        network = build_network(name, manager, 1, 3, deep_supervision=True)
+        network = build_network(name, manager, 1, 3, deep_supervision=entry.network_class.supports_deep_supervision)
         abstract_arch.test_submodules_loadable(network)
         # the plan's own strides divide its patch: no internal padding at training time
         assert all(p % s == 0 for p, s in zip(patch, network.total_stride)), (configuration, patch, network.strides)
@@ -116,8 +116,14 @@ def test_forward_backward_and_deep_supervision_shapes(name, case):
     if len(planned) not in entry.dims:
         pytest.skip(f"{name} is not {len(planned)}D")
     torch.manual_seed(0)
-    network = build_network(name, synthetic_configuration(planned), 2, 3, True, **entry.small_overrides)
+    deep_supervision = entry.network_class.supports_deep_supervision
+    network = build_network(name, synthetic_configuration(planned), 2, 3, deep_supervision, **entry.small_overrides)
     outputs = network(torch.randn(2, 2, *given))
+    if not deep_supervision:  # a single output: one head, one tensor, and asking for more is a named error
+        with pytest.raises(ValueError, match="single output and no deep supervision"):
+            build_network(name, synthetic_configuration(planned), 2, 3, True, **entry.small_overrides)
+        assert len(network.decoder.seg_layers) == 1 and isinstance(outputs, torch.Tensor)
+        outputs = [outputs]
     assert isinstance(outputs, list) and len(outputs) == len(network.decoder.seg_layers)
     assert tuple(outputs[0].shape) == (2, 3, *given)
     for output, scale in zip(outputs[1:], network.deep_supervision_scales()[1:]):
@@ -139,10 +145,11 @@ def test_nnunet_pretrained_weights_transfer_between_class_counts(name, tmp_path)
     entry = registered_networks()[name]
     configuration = synthetic_configuration((64, 64) if 2 in entry.dims else (32, 32, 32))
     torch.manual_seed(0)
-    source = build_network(name, configuration, 1, 3, True, **entry.small_overrides)
+    deep_supervision = entry.network_class.supports_deep_supervision
+    source = build_network(name, configuration, 1, 3, deep_supervision, **entry.small_overrides)
     torch.save({"network_weights": source.state_dict()}, tmp_path / "checkpoint_final.pth")
     torch.manual_seed(1)
-    target = build_network(name, configuration, 1, 5, True, **entry.small_overrides)
+    target = build_network(name, configuration, 1, 5, deep_supervision, **entry.small_overrides)
     heads_before = {k: v.clone() for k, v in target.state_dict().items() if ".seg_layers." in k}
     load_pretrained_weights(target, str(tmp_path / "checkpoint_final.pth"))
     for key, value in target.state_dict().items():

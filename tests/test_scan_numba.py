@@ -280,6 +280,41 @@ def test_float32_exp_softplus_and_sigmoid_are_accurate():
 
 
 @requires_numba
+def test_float32_decay_is_accurate_and_exact_near_zero():
+    """decay_(step, A log2(e)) = exp(step A): the scan's decays, computed as 2**(step A log2(e))."""
+    from numba import njit
+
+    from nnunet_mamba.ops import numba_kernels as kernels
+
+    @njit
+    def decays(steps, rates):
+        scale = kernels.decay_scale_(rates[0])
+        out = np.empty_like(steps)
+        for i in range(steps.shape[0]):
+            out[i] = kernels.decay_(steps[i], rates[i] * scale)
+        return out
+
+    rng = np.random.default_rng(0)
+    steps = np.concatenate([np.logspace(-8, 2, 20001), rng.uniform(0, 5, 20001)]).astype(np.float32)
+    rates = -np.concatenate([rng.uniform(0, 17, 20001), np.logspace(-6, 1.2, 20001)]).astype(np.float32)
+    exponent = steps.astype(np.float64) * rates.astype(np.float64)
+    exact = np.exp(exponent)
+    normal = exact > 1.2e-38
+    relative = np.abs(decays(steps, rates)[normal] / exact[normal] - 1)
+    # the same polynomial as _exp32; rounding step * A and A log2(e) adds |step A| 6e-8 each
+    assert np.all(relative <= 2e-7 + 1.3e-7 * np.abs(exponent[normal]))
+    tiny = np.abs(exponent[normal]) < 1e-3  # where the long-memory decays are: within 1.5 float32 ulp
+    assert tiny.sum() > 1000 and np.max(relative[tiny]) < 1.8e-7
+    # below 2**-126 the decay stays 1.2e-38 (never a denormal, a wrapped exponent or inf); nan stays nan
+    special = decays(np.array([1e5, 1.0, np.nan, 1.0, 1.0], np.float32),
+                     np.array([-1.0, -np.inf, -1.0, np.nan, 1e5], np.float32))
+    assert np.all((special[:2] > 0) & (special[:2] <= 1.2e-38)) and np.all(np.isnan(special[2:4]))
+    assert np.isfinite(special[4]) and special[4] >= 1.7e38
+    # float64 keeps libm's exp
+    assert decays(np.array([0.5]), np.array([-3.0]))[0] == np.exp(-1.5)
+
+
+@requires_numba
 def test_kernels_compile_in_memory_when_no_cache_location_is_writable(tmp_path):
     """numba raises at decoration when it finds no writable cache location; the module must still load."""
     package = tmp_path / "package"

@@ -153,4 +153,6 @@ def test_conv_feature_map_size_scales_with_the_volume():
     model = VMUNet(1, 2, conv_op=nn.Conv3d, embed_dim=8)
     small = model.compute_conv_feature_map_size((32, 32, 32))
     large = model.compute_conv_feature_map_size((64, 64, 64))
-    assert 0 < small and large == pytest.approx(8 * small, rel=0.01)
+    # nearly proportional to the volume: only the scan's chunk-start states grow slower than the tokens
+    # (tests/test_memory_model.py holds the estimate to a measured forward pass)
+    assert 0 < small and 6 * small < large <= 8 * small

@@ -6,7 +6,10 @@ A network is a plain ``nn.Module`` that knows nothing of trainers. nnU-Net and o
   and returns logits ``(batch, num_classes, *spatial)`` (no softmax/sigmoid: nnU-Net applies its own);
   with deep supervision a list of logits, highest resolution first, the first at full resolution.
 * ``decoder.deep_supervision`` switches deep supervision on and off (nnU-Net's
-  ``set_deep_supervision_enabled`` writes it).
+  ``set_deep_supervision_enabled`` writes it). A network with a single output sets
+  ``supports_deep_supervision = False``: it returns one tensor, refuses ``deep_supervision=True`` at build time
+  with a named error, and its ``decoder.deep_supervision`` reads False and ignores writes (nnU-Net writes True
+  after its final validation), so ``decoder.seg_layers`` holds its one head.
 * Every output head lives in ``decoder.seg_layers``: nnU-Net's ``-pretrained_weights`` transfers every
   key except those containing ``.seg_layers.``, so a model can be fine-tuned on a dataset with another
   number of classes.
@@ -52,6 +55,8 @@ class SegmentationNetwork(AbstractDynamicNetworkArchitectures):
 
     #: registry name, set by ``register_network``
     network_name: str = ""
+    #: False for networks with a single output (no deep supervision); see the module docstring
+    supports_deep_supervision: bool = True
     #: renames of state-dict key prefixes used by earlier versions of the network, old -> new; applied
     #: whenever a state dict is loaded, so older checkpoints keep loading (prediction, --c)
     legacy_key_prefixes: dict[str, str] = {}
@@ -124,6 +129,13 @@ class SegmentationNetwork(AbstractDynamicNetworkArchitectures):
         return cropped
 
     # --- deep supervision ---------------------------------------------------------------------------------
+
+    @classmethod
+    def check_deep_supervision_request(cls, deep_supervision: bool) -> None:
+        """A named error when deep supervision is asked of a network that has a single output."""
+        if deep_supervision and not cls.supports_deep_supervision:
+            raise ValueError(f"{cls.__name__} has a single output and no deep supervision: build it with "
+                             f"deep_supervision=False (its trainers set enable_deep_supervision = False)")
 
     def deep_supervision_scales(self) -> list[list[float]]:
         """Scale of every output per axis, highest resolution first: full resolution, then levels 1, 2, ..."""

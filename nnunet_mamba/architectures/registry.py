@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 #: modules that define registered networks; importing one registers its networks
-NETWORK_MODULES = ("nnunet_mamba.architectures.vm_unet",)
+NETWORK_MODULES = ("nnunet_mamba.architectures.vm_unet", "nnunet_mamba.architectures.light_m_unet",
+                   "nnunet_mamba.architectures.swin_umamba")
 
 
 @dataclass(frozen=True)

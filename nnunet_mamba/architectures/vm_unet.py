@@ -28,6 +28,13 @@ from torch import nn
 from nnunet_mamba.architectures.base import LevelFeatureNetwork, SegmentationNetwork
 from nnunet_mamba.architectures.plans import strides_from_plan
 from nnunet_mamba.architectures.registry import register_network
+from nnunet_mamba.planning.activations import (
+    patch_embedding_saved_elements,
+    patch_expanding_saved_elements,
+    patch_merging_saved_elements,
+    tokens_after,
+    vss_block_saved_elements,
+)
 from nnunet_mamba.blocks import PatchEmbedding, PatchExpanding, PatchMerging, VSSStage
 from nnunet_mamba.pretrained.vmamba import (
     COPY,
@@ -220,11 +227,6 @@ class VMUNet(SegmentationNetwork, LevelFeatureNetwork):
         (the deepest first), only the first ``depth`` blocks of each VMamba stage. The upsampling, the final
         expanding and the heads keep their initialisation.
         """
-        if self.spatial_dims != 2:
-            raise ValueError(
-                f"VMamba checkpoints are 2D (ImageNet) and this VMUNet is {self.spatial_dims}D: initialising a 3D "
-                f"network from them is not supported. Train the 3D configuration from scratch, or use a 2d "
-                f"configuration.")
         return load_vmamba_v0(self, path, self.vmamba_v0_counterpart, stem_key="stem.proj")
 
     @staticmethod
@@ -242,21 +244,31 @@ class VMUNet(SegmentationNetwork, LevelFeatureNetwork):
         return None
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        """Activation elements of one forward pass, the quantity nnU-Net's planners budget memory with.
+        """Elements of the activations one training forward pass of one sample saves for backward.
 
-        Counted per VSS block: the residual stream (dim), in_proj output (4 * dim), the depthwise
-        conv and the K direction sequences with their deltas (2 * K * 2 * dim), and the gated output (2 * dim).
+        The sum of what each layer keeps (:mod:`nnunet_mamba.planning.activations`), on the input padded to the
+        total stride: embedding, encoder and decoder VSS blocks, mergings, expandings, the final expanding with
+        the full-resolution head, and the deep heads when deep supervision is on. The scan keeps its inputs and
+        its state at every chunk start, as the numba kernel (the CPU default) does; mamba-ssm's CUDA kernel keeps
+        the same inputs and fewer states. Parameters are not included (planners count them apart).
         """
         if len(input_size) != self.spatial_dims:
             raise ValueError(f"input size {list(input_size)} does not match {self.spatial_dims}D")
-        activations_per_channel = 1 + 4 + 2 * (2 * self.spatial_dims) * 2 + 2
-        tokens = np.array(input_size, dtype=np.int64)
-        total = 0
-        for level in range(NUM_LEVELS):
-            tokens = tokens // np.array(self.strides[level])
-            n = int(np.prod(tokens))
-            blocks = self.depths[0][level] + self.depths[1][NUM_LEVELS - 1 - level]
-            total += n * blocks * self.level_dims[level] * activations_per_channel
-            total += n * self.level_dims[level] * 2  # merge/expand outputs
-        total += int(np.prod(input_size)) * (self.level_dims[0] // 4)  # final expanding
+        voxels, *_ = tokens_after(input_size, [(1,) * self.spatial_dims])
+        tokens = tokens_after(input_size, self.strides)
+        dims = self.level_dims
+        total = patch_embedding_saved_elements(self.stem.proj.in_channels, dims[0], voxels, tokens[0])
+        for level, stage in enumerate(self.encoder.stages):
+            total += sum(vss_block_saved_elements(block, tokens[level]) for block in stage)
+            if level < NUM_LEVELS - 1:
+                total += patch_merging_saved_elements(dims[level], tokens[level], tokens[level + 1])
+        for index, stage in enumerate(self.decoder.stages):
+            level = NUM_LEVELS - 1 - index
+            if index > 0:  # the expanding takes the sum of the deeper output and the skip
+                total += patch_expanding_saved_elements(dims[level + 1], dims[level], tokens[level + 1], tokens[level])
+            total += sum(vss_block_saved_elements(block, tokens[level]) for block in stage)
+        head_channels = self.decoder.final_expand.out_dim
+        total += patch_expanding_saved_elements(dims[0], head_channels, tokens[0], voxels) + head_channels * voxels
+        if self.decoder.deep_supervision:  # the 1x1 heads keep the outputs of the three deeper decoder levels
+            total += sum(dims[level] * tokens[level] for level in range(1, NUM_LEVELS))
         return int(total)

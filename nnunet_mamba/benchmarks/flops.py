@@ -28,6 +28,13 @@ broadcast multiply (in VSS blocks the dt_proj einsum when dt_rank = ceil(dim / 1
 never for the published widths).
 Only the forward pass runs (under ``torch.no_grad()``), once, in the module's current train/eval mode.
 
+The papers' own counters
+------------------------
+:func:`count_thop` (``thop.profile``, LightM-UNet's figures) and :func:`count_fvcore` (fvcore's
+``FlopCountAnalysis``, Swin-UMamba's figures) run the real packages (extra ``.[paper-counts]``) and report what
+they report, next to the true parameter count and the scan they leave out (``nnunet-mamba benchmark flops
+--protocol thop|fvcore``). Neither is a count of the work done: they show how a published figure came about.
+
 Conventions
 -----------
 ``total_flops`` counts a multiply and an add separately (FlopCounterMode's convention: an (m, k) x
@@ -46,7 +53,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nnunet_mamba.ops.selective_scan import ScanCall, observe_scan_calls
+from nnunet_mamba.ops.selective_scan import ScanCall, observe_scan_calls, scan_backend_override
 
 CONVOLUTION = "convolution"
 LINEAR = "linear"
@@ -180,3 +187,82 @@ def format_flops_table(reports: Mapping[str, FlopReport]) -> str:
     totals = [f"**{reports[n].gmacs:.3f}** | **{reports[n].gflops:.3f}**" for n in names]
     lines.append("| **total** | " + " | ".join(totals) + " |")
     return "\n".join(lines)
+
+
+# --- the papers' own counters ------------------------------------------------------------------------------------
+
+#: ``ours``: :func:`count_flops`; ``thop``: ``thop.profile`` (LightM-UNet's figures); ``fvcore``:
+#: ``fvcore.nn.FlopCountAnalysis(...).total()`` (Swin-UMamba's figures)
+PROTOCOLS = ("ours", "thop", "fvcore")
+PAPER_COUNTS_HINT = 'install the counters the papers used with: pip install -e ".[paper-counts]"'
+
+
+@dataclass
+class ProtocolCount:
+    """What a paper's counter reports for one forward pass, next to the truth.
+
+    ``parameters`` and ``macs`` are the counter's own figures; ``true_parameters`` is ``sum(p.numel())``.
+    ``scan_macs`` is our analytic count of the selective scans that ran (VMamba's formula, see
+    :func:`selective_scan_macs`): what a counter that cannot see the scan leaves out.
+    """
+
+    protocol: str
+    parameters: int
+    macs: int
+    true_parameters: int
+    scan_macs: int
+
+    @property
+    def gmacs(self) -> float:
+        return self.macs / 1e9
+
+
+def _scan_macs_observer(total: List[int]):
+    def on_scan(call: ScanCall):
+        # under the JIT tracer (fvcore) the shapes are traced values: count them as plain integers
+        total[0] += int(selective_scan_macs(int(call.batch), int(call.dim), int(call.length), int(call.d_state),
+                                            call.has_D, call.has_z))
+    return on_scan
+
+
+
+def count_thop(module: nn.Module, *inputs) -> ProtocolCount:
+    """``thop.profile`` (thop 0.1.1), as LightM-UNet's authors counted: one forward pass of ``inputs``.
+
+    thop sees a module's parameters and operations only through forward hooks on the layer types it knows
+    (convolutions, ``nn.Linear``, ``nn.LayerNorm``, ``nn.Upsample``...) and only when that layer's forward runs:
+    GroupNorm, parameters held by other modules (Mamba's ``A_log`` and ``D``, LightM-UNet's ``s``) and layers whose
+    weights are used directly (the Mamba block's projections, as in mamba-ssm's fused path) count zero; the selective
+    scan and trilinear interpolation count zero ops. Its ops are multiply-accumulates, proportional to the batch.
+    """
+    try:
+        import thop
+    except ImportError as error:
+        raise ImportError(f"the thop protocol needs the thop package: {PAPER_COUNTS_HINT}") from error
+    scan = [0]
+    with torch.no_grad(), observe_scan_calls(_scan_macs_observer(scan)):
+        macs, parameters = thop.profile(module, inputs=inputs, verbose=False)
+    return ProtocolCount("thop", int(parameters), int(macs), sum(p.numel() for p in module.parameters()), scan[0])
+
+
+def count_fvcore(module: nn.Module, *inputs) -> ProtocolCount:
+    """``fvcore.nn.FlopCountAnalysis(module, inputs).total()``, as Swin-UMamba's authors counted.
+
+    fvcore traces the forward pass with the JIT and counts multiply-accumulates of the ops it has handles for
+    (convolutions, matmuls/linear/einsum, norms, upsampling); it skips what it has no handle for, which includes
+    the selective scan (a custom autograd function). ``scan_macs`` is that scan, counted our way; papers that
+    register VMamba's scan handle with fvcore report ``macs + scan_macs``. Parameters: fvcore's
+    ``parameter_count``.
+    """
+    try:
+        from fvcore.nn import FlopCountAnalysis, parameter_count
+    except ImportError as error:
+        raise ImportError(f"the fvcore protocol needs the fvcore package: {PAPER_COUNTS_HINT}") from error
+    scan = [0]
+    # the JIT tracer hands the compiled CPU kernel tensors where it expects plain numbers: trace the PyTorch scan
+    with torch.no_grad(), observe_scan_calls(_scan_macs_observer(scan)), scan_backend_override("torch"):
+        analysis = FlopCountAnalysis(module, inputs)
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        macs = int(analysis.total())
+    return ProtocolCount("fvcore", int(parameter_count(module)[""]), macs,
+                         sum(p.numel() for p in module.parameters()), scan[0])

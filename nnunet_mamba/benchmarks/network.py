@@ -8,7 +8,7 @@ that the ratio between them survives the noise of a shared machine.
 from __future__ import annotations
 
 import contextlib
-import os
+import statistics
 import time
 from typing import Dict, List, Sequence
 
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_mamba.architectures import build_network, synthetic_configuration
-from nnunet_mamba.ops import ENV_VAR
+from nnunet_mamba.ops import scan_backend_override
 
 NNUNET_UNET = "nnU-Net UNet"
 
@@ -46,27 +46,38 @@ def run_network_benchmark(network: str = "vm_unet", patch_size: Sequence[int] = 
                           input_channels: int = 1, num_classes: int = 4, device: str = "cuda",
                           amp: bool = True, backends: Sequence[str] = ("auto",), steps: int = 10,
                           warmup: int = 3, compare_nnunet: bool = False) -> List[Dict]:
-    """Time ``steps`` AdamW train steps (forward, cross-entropy, backward, step) and as many inference forward
-    passes (``no_grad``, eval) per scan backend; with ``compare_nnunet`` also nnU-Net's default UNet from the
-    same plan, and each row's ratio to it."""
+    """Time AdamW train steps (forward, cross-entropy, backward, step) and inference forward passes
+    (``no_grad``, eval) per scan backend; with ``compare_nnunet`` also nnU-Net's default UNet from the same
+    plan, and each row's ratio to it.
+
+    The models take turns: after ``warmup`` untimed calls of each, every one of ``steps`` rounds times each
+    model once, so that a shared or throttled machine slows them alike; times are the medians over rounds.
+    """
     configuration = synthetic_configuration(patch_size)
-    rows = []
+    candidates = []
     if compare_nnunet:
         torch.manual_seed(0)
-        unet = nnunet_default_unet(configuration, input_channels, num_classes)
-        rows.append({"network": NNUNET_UNET, "backend": "-",
-                     **_time(unet, configuration.patch_size, batch, input_channels, num_classes, device, amp, steps,
-                             warmup)})
+        candidates.append(({"network": NNUNET_UNET, "backend": "-"},
+                           _Timed(nnunet_default_unet(configuration, input_channels, num_classes), None,
+                                  configuration.patch_size, batch, input_channels, num_classes, device, amp)))
     for backend in backends:
-        with _scan_backend(backend):
+        with scan_backend_override(backend):
             torch.manual_seed(0)
             model = build_network(network, configuration, input_channels, num_classes, deep_supervision=False)
-            rows.append({"network": network, "backend": backend,
-                         **_time(model, configuration.patch_size, batch, input_channels, num_classes, device, amp,
-                                 steps, warmup)})
-        if compare_nnunet:
-            rows[-1]["train_ratio"] = rows[-1]["step_ms"] / rows[0]["step_ms"]
-            rows[-1]["inference_ratio"] = rows[-1]["inference_ms"] / rows[0]["inference_ms"]
+        candidates.append(({"network": network, "backend": backend},
+                           _Timed(model, backend, configuration.patch_size, batch, input_channels, num_classes,
+                                  device, amp)))
+    for _, timed in candidates:
+        timed.warm_up(warmup)
+    for mode in ("train_step", "inference"):
+        for _ in range(steps):
+            for _, timed in candidates:
+                timed.time(mode)
+    rows = [{**label, **timed.summary()} for label, timed in candidates]
+    if compare_nnunet:
+        for row in rows[1:]:
+            row["train_ratio"] = row["step_ms"] / rows[0]["step_ms"]
+            row["inference_ratio"] = row["inference_ms"] / rows[0]["inference_ms"]
     return rows
 
 
@@ -82,60 +93,66 @@ def format_network_table(rows: List[Dict]) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _scan_backend(backend: str):
-    """NNUNET_MAMBA_SCAN set to ``backend`` within the block, the user's value restored after it."""
-    previous = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = backend
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = previous
 
+class _Timed:
+    """One model with its optimizer and inputs; times its train steps and inference calls one at a time."""
 
-def _time(model: nn.Module, patch_size, batch, input_channels, num_classes, device, amp, steps, warmup) -> Dict:
-    model = model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, input_channels, *patch_size, device=device)
-    target = torch.randint(0, num_classes, (batch, *patch_size), device=device)
-    use_amp = amp and device.startswith("cuda")
-    on_cuda = device.startswith("cuda")
+    def __init__(self, model: nn.Module, backend, patch_size, batch, input_channels, num_classes, device, amp):
+        self.model = model.to(device)
+        self.backend = backend  # None: the model runs no selective scan
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.x = torch.randn(batch, input_channels, *patch_size, device=device)
+        self.target = torch.randint(0, num_classes, (batch, *patch_size), device=device)
+        self.patch_size, self.batch, self.device = list(patch_size), batch, device
+        self.on_cuda = device.startswith("cuda")
+        self.use_amp = amp and self.on_cuda
+        self.seconds = {"train_step": [], "inference": []}
+        self.peak_mib = float("nan")
 
-    def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            loss = F.cross_entropy(model(x), target)
+    def train_step(self) -> None:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
+            loss = F.cross_entropy(self.model(self.x), self.target)
         loss.backward()
-        optimizer.step()
+        self.optimizer.step()
 
-    def inference():
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            model(x)
+    def inference(self) -> None:
+        self.model.eval()
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
+            self.model(self.x)
 
-    def seconds_per_call(function) -> float:
-        for _ in range(warmup):
-            function()
-        if on_cuda:
+    def _call(self, mode: str) -> None:
+        with contextlib.nullcontext() if self.backend is None else scan_backend_override(self.backend):
+            getattr(self, mode)()
+
+    def warm_up(self, calls: int) -> None:
+        """Untimed calls of both modes; on CUDA the peak memory of the training steps among them (this model's
+        own: the other models, resident on the same GPU, are not counted)."""
+        if self.on_cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            own = sum(t.numel() * t.element_size() for t in (*self.model.parameters(), self.x, self.target))
+            others = torch.cuda.memory_allocated() - own
+        for _ in range(calls):
+            self._call("train_step")
+        if self.on_cuda and calls:
+            torch.cuda.synchronize()
+            self.peak_mib = (torch.cuda.max_memory_allocated() - others) / 2**20
+        for _ in range(calls):
+            self._call("inference")
+
+    def time(self, mode: str) -> None:
+        if self.on_cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        for _ in range(steps):
-            function()
-        if on_cuda:
+        self._call(mode)
+        if self.on_cuda:
             torch.cuda.synchronize()
-        return (time.perf_counter() - started) / steps
+        self.seconds[mode].append(time.perf_counter() - started)
 
-    model.train()
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats()
-    step_seconds = seconds_per_call(train_step)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else float("nan")
-    model.eval()
-    inference_seconds = seconds_per_call(inference)
-    del optimizer
-    if on_cuda:
-        torch.cuda.empty_cache()
-    return {"patch": list(patch_size), "batch": batch, "amp": use_amp, "step_ms": step_seconds * 1e3,
-            "inference_ms": inference_seconds * 1e3, "peak_mib": peak, "samples_per_s": batch / step_seconds}
+    def summary(self) -> Dict:
+        step = statistics.median(self.seconds["train_step"])
+        return {"patch": self.patch_size, "batch": self.batch, "amp": self.use_amp, "step_ms": step * 1e3,
+                "inference_ms": statistics.median(self.seconds["inference"]) * 1e3, "peak_mib": self.peak_mib,
+                "samples_per_s": self.batch / step}

@@ -3,8 +3,8 @@ implementations.
 
 Compared: our pure-PyTorch backend, our compiled CPU backend (numba, on CPU where it imports), mambapy's
 parallel scan (``mambapy.pscan``, assembled the way mambapy's own ``selective_scan`` does it, extended to
-grouped B/C and the z gate so both compute the same function) and, on a CUDA device where it imports, the
-mamba-ssm kernel.
+grouped B/C and the z gate so both compute the same function) and, on a CUDA device, our Triton kernels and
+the mamba-ssm kernel, where each imports.
 
 Times of all backends at one length come from one fresh Python process that takes turns: every round
 times each backend once, so that a shared or throttled machine slows them all alike, and the ratios hold.
@@ -23,9 +23,9 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-BACKENDS = ("torch", "numba", "mambapy", "cuda")
+BACKENDS = ("torch", "numba", "mambapy", "triton", "cuda")
 BACKEND_LABELS = {"torch": "nnunet_mamba (torch)", "numba": "nnunet_mamba (numba)", "mambapy": "mambapy pscan",
-                  "cuda": "mamba-ssm CUDA"}
+                  "triton": "nnunet_mamba (triton)", "cuda": "mamba-ssm CUDA"}
 # outputs and gradients of every backend must agree with the torch backend's to this (relative to their max)
 AGREEMENT_TOLERANCE = 1e-3
 
@@ -83,7 +83,7 @@ def mambapy_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
 def _scan_function(backend: str):
     if backend == "mambapy":
         return mambapy_selective_scan
-    if backend in ("torch", "numba", "cuda"):
+    if backend in ("torch", "numba", "triton", "cuda"):
         from nnunet_mamba.ops import selective_scan
 
         return lambda **kw: selective_scan(**kw, backend=backend)
@@ -245,6 +245,13 @@ def _available(backend: str, device: str) -> Optional[str]:
         except ImportError as error:
             return f"mambapy not installed ({error}); pip install mambapy"
         return None
+    if backend == "triton":
+        if not device.startswith("cuda"):
+            return "needs a CUDA device (on CPU tensors Triton runs only in its test interpreter)"
+        from nnunet_mamba.ops.scan_triton import triton_status
+
+        ok, reason = triton_status(device)
+        return None if ok else reason
     if backend == "cuda":
         if not device.startswith("cuda"):
             return "needs a CUDA device"
@@ -289,12 +296,14 @@ def format_table(rows: List[Dict]) -> str:
 def run_scan_benchmark(lengths: Sequence[int] = (1024, 4096, 16384), dim: int = 192, d_state: int = 16,
                        groups: int = 4, batch: int = 1, repeats: int = 5, device: str = "cpu",
                        include_mambapy: bool = True, include_cuda: bool = True, include_numba: bool = True,
+                       include_triton: bool = True,
                        threads: Optional[int] = None, check_agreement: bool = True, inference: bool = True,
                        verbose: bool = True) -> List[Dict]:
     """Time forward+backward (and, with ``inference``, the forward under no_grad) and peak memory per
     backend and length; prints and returns the rows."""
     backends = ["torch"]
-    for name, wanted in (("numba", include_numba), ("mambapy", include_mambapy), ("cuda", include_cuda)):
+    for name, wanted in (("numba", include_numba), ("mambapy", include_mambapy), ("triton", include_triton),
+                         ("cuda", include_cuda)):
         if not wanted:
             continue
         reason = _available(name, device)

@@ -42,6 +42,94 @@ def scan_orderings(spatial_dims: int) -> list[tuple[int, ...]]:
     return orderings
 
 
+def _write_cross_scan(x: torch.Tensor, orderings: list[tuple[int, ...]]) -> torch.Tensor:
+    """The sequences of every direction, written into one (B, K, E, L) tensor.
+
+    The map is read once in its own layout (often channels-last after the depthwise conv, where every read
+    is a slow strided gather) into the first direction (row-major for :func:`scan_orderings`); the other
+    orderings are permuted from that copy, and the reversed ones are flipped from the forward ones at once."""
+    batch, channels, *spatial = x.shape
+    n = len(orderings)
+    sequences = x.new_empty((batch, 2 * n, channels, math.prod(spatial)))
+
+    def direction(i: int, order: tuple[int, ...]) -> torch.Tensor:
+        return sequences[:, i].view(batch, channels, *(spatial[a] for a in order))
+
+    def spatial_axes(order: tuple[int, ...]) -> tuple[int, ...]:
+        return (0, 1, *(2 + a for a in order))
+
+    first = direction(0, orderings[0])
+    first.copy_(x.permute(spatial_axes(orderings[0])))
+    inverse = tuple(orderings[0].index(a) for a in range(len(spatial)))
+    as_x = first.permute(spatial_axes(inverse))  # x's values, in x's axis order
+    for i, order in enumerate(orderings[1:], start=1):
+        direction(i, order).copy_(as_x.permute(spatial_axes(order)))
+    sequences[:, n:] = sequences[:, :n].flip(-1)
+    return sequences
+
+
+def _sum_cross_merge(y: torch.Tensor, orderings: list[tuple[int, ...]], spatial: tuple[int, ...]) -> torch.Tensor:
+    """The adjoint of :func:`_write_cross_scan`: every direction back to the spatial layout, summed.
+
+    The reversed directions are summed in their flipped frame first and flipped once."""
+    batch, _, channels, _ = y.shape
+    n = len(orderings)
+
+    def unpermuted(direction: int, order: tuple[int, ...]) -> torch.Tensor:
+        part = y[:, direction].reshape(batch, channels, *(spatial[a] for a in order))
+        return part.permute(0, 1, *(2 + order.index(a) for a in range(len(order))))
+
+    totals = []
+    for offset in (0, n):
+        total = unpermuted(offset, orderings[0]).clone(memory_format=torch.contiguous_format)
+        for i, order in enumerate(orderings[1:], start=1):
+            total += unpermuted(offset + i, order)
+        totals.append(total)
+    forward, reversed_ = totals
+    return forward.add_(reversed_.flip(tuple(range(2, forward.dim()))))
+
+
+class _CrossScan(torch.autograd.Function):
+    """:func:`cross_scan` with the merge as its backward (the cross scan is linear; the merge its adjoint)."""
+
+    @staticmethod
+    def forward(ctx, x, orderings):
+        ctx.orderings, ctx.spatial = orderings, tuple(x.shape[2:])
+        return _write_cross_scan(x, orderings)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _sum_cross_merge(grad, ctx.orderings, ctx.spatial), None
+
+
+class _CrossMerge(torch.autograd.Function):
+    """:func:`cross_merge` with the cross scan as its backward."""
+
+    @staticmethod
+    def forward(ctx, y, orderings, spatial):
+        ctx.orderings = orderings
+        return _sum_cross_merge(y, orderings, spatial)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _write_cross_scan(grad, ctx.orderings), None, None
+
+
+def cross_scan(x: torch.Tensor, orderings: list[tuple[int, ...]]) -> torch.Tensor:
+    """(B, E, *spatial) -> (B, K, E, L), K = 2 len(orderings): the sequences of ``orderings`` (see
+    :func:`scan_orderings`), then the same sequences reversed."""
+    if torch.jit.is_tracing():  # the JIT cannot record a Python autograd.Function (fvcore counts FLOPs by tracing)
+        return _write_cross_scan(x, orderings)
+    return _CrossScan.apply(x, orderings)
+
+
+def cross_merge(y: torch.Tensor, orderings: list[tuple[int, ...]], spatial: tuple[int, ...]) -> torch.Tensor:
+    """(B, K, E, L) -> (B, E, *spatial): every direction of :func:`cross_scan` put back in place, summed."""
+    if torch.jit.is_tracing():
+        return _sum_cross_merge(y, orderings, tuple(spatial))
+    return _CrossMerge.apply(y, orderings, tuple(spatial))
+
+
 class CrossScanSSM(nn.Module):
     """SS2D / SS3D: input projection, depthwise conv, multi-direction selective scan, gated output."""
 
@@ -96,25 +184,11 @@ class CrossScanSSM(nn.Module):
 
     def _cross_scan(self, x: torch.Tensor) -> torch.Tensor:
         """(B, E, *spatial) -> (B, K, E, L): the forward orderings, then the same sequences reversed."""
-        batch, channels = x.shape[:2]
-        length = math.prod(x.shape[2:])  # explicit, so that an empty batch reshapes too
-        forward = [x.permute(0, 1, *(2 + a for a in order)).reshape(batch, channels, length)
-                   for order in self.orderings]
-        forward = torch.stack(forward, dim=1)
-        return torch.cat([forward, forward.flip(-1)], dim=1)
+        return cross_scan(x, self.orderings)
 
     def _cross_merge(self, y: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
         """(B, K, E, L) -> (B, E, *spatial): undo every direction and sum them."""
-        n = self.spatial_dims
-        y = y[:, :n] + y[:, n:].flip(-1)
-        batch, _, channels, _ = y.shape
-        merged = None
-        for i, order in enumerate(self.orderings):
-            part = y[:, i].reshape(batch, channels, *(spatial[a] for a in order))
-            inverse = [order.index(a) for a in range(n)]
-            part = part.permute(0, 1, *(2 + a for a in inverse))
-            merged = part if merged is None else merged + part
-        return merged
+        return cross_merge(y, self.orderings, spatial)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Channels-last in and out: ``(B, *spatial, dim)``."""

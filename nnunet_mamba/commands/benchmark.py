@@ -24,6 +24,13 @@ def register(subparsers) -> None:
     # defaults are VM-UNet's published setting (RGB skin-lesion images, one foreground class)
     parser.add_argument("--input-channels", type=int, default=3, help="flops: input channels (default: 3)")
     parser.add_argument("--num-classes", type=int, default=1, help="flops: output channels (default: 1)")
+    parser.add_argument("--protocol", choices=["ours", "thop", "fvcore"], default="ours",
+                        help="flops: our counter (true parameters, selective scan included; default), or a paper's "
+                             "own counter: thop (thop.profile, LightM-UNet's figures) or fvcore (FlopCountAnalysis, "
+                             "Swin-UMamba's figures); these two need the extra '.[paper-counts]'")
+    parser.add_argument("--network-arg", action="append", default=[], metavar="NAME=VALUE",
+                        help="flops: a constructor argument of the network (repeatable), e.g. variant=v0 for "
+                             "LightM-UNet's first upload; VALUE is read as a Python literal, else as a string")
     parser.add_argument("--distillation", action="store_true",
                         help="flops: also count DSVM-UNet's training-only self-distillation heads")
     parser.add_argument("--backends", nargs="+", default=["auto"], choices=["auto", "cuda", "triton", "numba", "torch"],
@@ -75,13 +82,16 @@ def _run_flops(args) -> int:
     batch = args.batch or 1
     torch.manual_seed(0)
     try:
+        overrides = _network_args(args.network_arg)
         model = build_network(args.network, synthetic_configuration(args.patch), args.input_channels,
-                              args.num_classes, deep_supervision=False)
-    except (KeyError, ValueError) as error:
+                              args.num_classes, deep_supervision=False, **overrides)
+    except (KeyError, ValueError, TypeError) as error:
         print(f"nnunet-mamba benchmark flops: {error.args[0]}", file=sys.stderr)
         return 2
     model = model.to(args.device).eval()
     x = torch.randn(batch, args.input_channels, *args.patch, device=args.device)
+    if args.protocol != "ours":
+        return _print_protocol_count(args, model, x)
     report = count_flops(model, x)
 
     macs = report.macs_by_category
@@ -116,3 +126,38 @@ def _print_distillation_flops(model, x, network_report) -> None:
               f"{report.gmacs:.3f} GMACs; network + heads {(network_report.parameters + report.parameters) / 1e6:.2f} M, "
               f"{network_report.gmacs + report.gmacs:.3f} GMACs = "
               f"{network_report.gflops + report.gflops:.3f} GFLOPs (forward; inference is the network alone)")
+
+
+def _network_args(pairs: list[str]) -> dict:
+    import ast
+
+    overrides = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--network-arg {pair!r} is not NAME=VALUE")
+        try:
+            overrides[name.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[name.strip()] = value
+    return overrides
+
+
+def _print_protocol_count(args, model, x) -> int:
+    import sys
+
+    from nnunet_mamba.benchmarks.flops import count_fvcore, count_thop
+
+    try:
+        count = (count_thop if args.protocol == "thop" else count_fvcore)(model, x)
+    except ImportError as error:
+        print(f"nnunet-mamba benchmark flops: {error}", file=sys.stderr)
+        return 2
+    counter = "thop.profile (thop 0.1.1)" if args.protocol == "thop" else "fvcore FlopCountAnalysis.total()"
+    print(f"{args.network}: input {'x'.join(map(str, x.shape))}, {args.num_classes} output channels, "
+          f"{len(args.patch)}D, forward pass, counted by {counter}")
+    print(f"parameters ({args.protocol}): {count.parameters / 1e6:.2f} M ({count.parameters:,}); "
+          f"true: {count.true_parameters / 1e6:.2f} M ({count.true_parameters:,})")
+    print(f"GMACs ({args.protocol}, batch {x.shape[0]} inside): {count.gmacs:.2f} ({count.macs:,} MACs); "
+          f"the selective scan ({count.scan_macs / 1e9:.2f} GMACs by VMamba's formula) is not in it")
+    return 0

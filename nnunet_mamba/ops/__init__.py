@@ -8,6 +8,7 @@ from nnunet_mamba.ops.selective_scan import (
     backend_report,
     requested_backend,
     resolve_backend,
+    scan_backend_override,
     selective_scan,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "numba_status",
     "requested_backend",
     "resolve_backend",
+    "scan_backend_override",
     "selective_scan",
 ]

@@ -203,6 +203,21 @@ class ScanCall:
     has_z: bool
 
 
+@contextlib.contextmanager
+def scan_backend_override(backend: str) -> Iterator[None]:
+    """Within the block, :data:`ENV_VAR` is ``backend`` (the user's value is restored after it): how tools
+    (benchmarks, FLOP counters) pick a backend for networks whose blocks call the entry point themselves."""
+    previous = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = backend
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = previous
+
+
 ScanObserver = Callable[[ScanCall], Optional[ContextManager]]
 # Modules import ``selective_scan`` by name, so wrapping the function cannot see their calls; tools that
 # need every call (the FLOP counter) register here instead.

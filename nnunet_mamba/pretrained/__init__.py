@@ -8,7 +8,8 @@ from nnunet_mamba.pretrained.vmamba import (
     load_vmamba_v0,
     map_vmamba_v0_state_dict,
     vmamba_v0_block_key,
+    vmamba_v0_encoder_counterpart,
 )
 
 __all__ = ["PretrainedReport", "load_vmamba_v0", "map_vmamba_v0_state_dict", "read_checkpoint",
-           "unwrap_state_dict", "vmamba_v0_block_key"]
+           "unwrap_state_dict", "vmamba_v0_block_key", "vmamba_v0_encoder_counterpart"]

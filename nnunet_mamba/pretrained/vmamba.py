@@ -99,6 +99,21 @@ def vmamba_v0_block_key(level: int, block: int | str, relative_key: str) -> str 
     return None
 
 
+def vmamba_v0_encoder_counterpart(key: str) -> tuple[str, str] | None:
+    """The v0 counterpart of a key inside an encoder laid out as VMamba's (``patch_embed``, ``stages.{level}``
+    of VSS blocks, ``downsamples.{level}`` between them), or None. The patch embedding's kernel is adapted
+    to the input channels (:data:`STEM_KERNEL`); a network that embeds differently maps it itself.
+    """
+    if match := re.fullmatch(r"patch_embed\.(proj|norm)\.(weight|bias)", key):
+        return f"patch_embed.{match[1]}.{match[2]}", STEM_KERNEL if key == "patch_embed.proj.weight" else COPY
+    if match := re.fullmatch(r"stages\.(\d+)\.(\d+)\.(.+)", key):
+        source = vmamba_v0_block_key(int(match[1]), match[2], match[3])
+        return None if source is None else (source, COPY)
+    if match := re.fullmatch(r"downsamples\.(\d+)\.(norm|reduction)\.(weight|bias)", key):
+        return f"layers.{match[1]}.downsample.{match[2]}.{match[3]}", MERGE_2X2
+    return None
+
+
 def map_vmamba_v0_state_dict(vmamba_state: Mapping, network: nn.Module, counterpart: Counterpart,
                              stem_key: str) -> tuple[dict[str, torch.Tensor], PretrainedReport]:
     """Map a VMamba v0 state dict onto ``network``'s keys through ``counterpart``; nothing is loaded here.
@@ -152,9 +167,14 @@ def load_vmamba_v0(network: nn.Module, path: str | os.PathLike, counterpart: Cou
     """Initialise ``network`` in place from the VMamba v0 checkpoint at ``path`` and report what happened.
 
     Only mapped tensors are loaded (``strict=False``); everything else keeps its initialisation. Raises
-    ``FileNotFoundError`` for a missing file, ``ValueError`` for a file that is not a VMamba v0 checkpoint
-    or of which nothing fits (e.g. another ``embed_dim``).
+    ``FileNotFoundError`` for a missing file, ``ValueError`` for a 3D network, for a file that is not a VMamba
+    v0 checkpoint or of which nothing fits (e.g. another ``embed_dim``).
     """
+    if getattr(network, "spatial_dims", 2) != 2:
+        raise ValueError(
+            f"VMamba checkpoints are 2D (ImageNet) and this {type(network).__name__} is {network.spatial_dims}D: "
+            f"initialising a 3D network from them is not supported. Train the 3D configuration from scratch, or "
+            f"use a 2d configuration.")
     path = os.fspath(path)
     resolved = os.path.expanduser(path)
     if not os.path.isfile(resolved):

@@ -14,7 +14,9 @@ Hooks a trainer variant overrides (one thing each, like nnU-Net's own variants):
   ``training_module(name)``); the state of trainable ones is saved in every checkpoint under
   ``training_modules`` and restored by ``--c``. They never enter ``self.network``, so prediction,
   ensembling and ``-pretrained_weights`` see the plain network.
-* ``build_lr_scheduler(optimizer)``.
+* ``build_lr_scheduler(optimizer)``; ``build_optimizer(parameters)``.
+* ``autocast_network`` (class attribute): False trains in float32 on CUDA too (no autocast around the forward
+  pass and the loss, no gradient scaler); nnU-Net's validation step and predictor keep their autocast.
 
 Named loss terms are logged per epoch in the trainer's own :class:`LossTermLog` (saved in the checkpoint),
 printed in the training log and drawn in ``progress_loss_terms.png``.
@@ -66,6 +68,10 @@ class MambaTrainerBase(nnUNetTrainer):
     network_overrides: dict = {}
     #: nnU-Net clips the gradient norm at 12; None trains without clipping
     gradient_clip_norm: float | None = 12.0
+    #: AdamW's epsilon
+    adamw_eps: float = 1e-8
+    #: False: train steps run without autocast (float32) on CUDA too
+    autocast_network: bool = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -79,6 +85,8 @@ class MambaTrainerBase(nnUNetTrainer):
         self.loss_term_log = LossTermLog()
         self._checkpoint_loaded = False
         self._initial_weight_sums: list[torch.Tensor] | None = None
+        if not self.autocast_network:
+            self.grad_scaler = None  # float32 training needs no loss scaling
 
     # --- the network ------------------------------------------------------------------------------------
 
@@ -111,10 +119,15 @@ class MambaTrainerBase(nnUNetTrainer):
                 # without deep supervision the decoder's deep heads get no gradient, and DDP without
                 # find_unused_parameters fails at the second step. nnU-Net's initialize wraps without it and has
                 # no hook in between, so the network is wrapped again (the first wrapper's broadcast is harmless)
-                self.network = DistributedDataParallel(self.network.module, device_ids=self.ddp_device_ids,
-                                                       find_unused_parameters=True)
+                self.rewrap_network_for_ddp()
         # to tell at the start of training whether something (-pretrained_weights) replaced the weights
         self._initial_weight_sums = _weight_sums(self.bare_network)
+
+    def rewrap_network_for_ddp(self) -> None:
+        """Wrap the bare network in a new DDP, which reduces the gradients of the parameters that require them *now*
+        (DDP fixes that set when it is built: call this again after freezing or unfreezing parameters)."""
+        self.network = DistributedDataParallel(self.bare_network, device_ids=self.ddp_device_ids,
+                                               find_unused_parameters=not self.enable_deep_supervision)
 
     @property
     def ddp_device_ids(self) -> list[int] | None:
@@ -172,9 +185,12 @@ class MambaTrainerBase(nnUNetTrainer):
         # nnU-Net builds the optimiser inside initialize(), right after the network: the training modules
         # must exist by then, and a second call (staged trainers) must not build them again
         self._build_training_modules_once()
-        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.initial_lr, weight_decay=self.weight_decay,
-                                      betas=(0.9, 0.999), eps=1e-8)
+        optimizer = self.build_optimizer(self.trainable_parameters())
         return optimizer, self.build_lr_scheduler(optimizer)
+
+    def build_optimizer(self, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(parameters, lr=self.initial_lr, weight_decay=self.weight_decay, betas=(0.9, 0.999),
+                                 eps=self.adamw_eps)
 
     def build_lr_scheduler(self, optimizer):
         return CosineAnnealingLRScheduler(optimizer, self.initial_lr, self.min_lr, self.num_epochs)
@@ -196,7 +212,8 @@ class MambaTrainerBase(nnUNetTrainer):
             else target.to(self.device, non_blocking=True)
 
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        use_autocast = self.device.type == "cuda" and self.autocast_network
+        with autocast(self.device.type, enabled=True) if use_autocast else dummy_context():
             segmentation_loss, terms = self.compute_loss(data, target)
             weights = self.loss_term_weights
             total = segmentation_loss + sum(weights[name] * value for name, value in terms.items())
@@ -305,6 +322,7 @@ class MambaTrainerBase(nnUNetTrainer):
             TRAINING_MODULES_KEY: {name: m.state_dict() for name, m in self._saved_training_modules().items()},
             LOSS_TERMS_KEY: self.loss_term_log.state_dict(),
             "loss_term_weights": self.loss_term_weights,
+            **self.extra_checkpoint_state(),
         }
         write_atomically(checkpoint, filename)
 
@@ -339,7 +357,15 @@ class MambaTrainerBase(nnUNetTrainer):
         self.optimizer.load_state_dict(checkpoint["optimizer_state"])
         if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+        self.restore_extra_checkpoint_state(checkpoint)
         self._checkpoint_loaded = True
+
+    def extra_checkpoint_state(self) -> dict:
+        """Entries a trainer variant adds to every checkpoint (keys of its own); restored by ``--c``."""
+        return {}
+
+    def restore_extra_checkpoint_state(self, checkpoint: dict) -> None:
+        """Read back what :meth:`extra_checkpoint_state` saved (absent from checkpoints of other trainers)."""
 
     def _written_by(self, checkpoint: dict) -> str:
         init = checkpoint.get("init_args") or {}

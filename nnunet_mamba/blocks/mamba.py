@@ -1,0 +1,136 @@
+"""The Mamba block (v1, "simple"): one implementation for every network that uses plain 1-D Mamba.
+
+Parameter names, shapes and initialisation are those of ``mamba_ssm.Mamba`` (``mamba_ssm/modules/mamba_simple.py``),
+so a state dict saved from it loads unchanged:
+
+* ``in_proj``: Linear d_model -> 2 * d_inner (x and the gate z), no bias by default;
+* ``conv1d``: causal depthwise Conv1d over the sequence, kernel ``d_conv`` (4), with bias;
+* ``x_proj``: Linear d_inner -> dt_rank + 2 * d_state (delta, B, C), no bias;
+* ``dt_proj``: Linear dt_rank -> d_inner; its bias is the scan's ``delta_bias`` (softplus^-1 of a dt drawn
+  log-uniformly in [dt_min, dt_max]), its weight uniform in +-dt_rank^-0.5 * dt_scale;
+* ``A_log`` (d_inner, d_state) = log(1..d_state) per channel; ``D`` (d_inner) = 1;
+* ``out_proj``: Linear d_inner -> d_model.
+
+d_inner = expand * d_model (expand 2), dt_rank = ceil(d_model / 16), d_state 16. Parameters:
+6 D^2 + 4 r D + 110 D for d_model D (9,920 for D = 32).
+
+The projections are applied with their raw weights (``F.linear``), as mamba-ssm's fused fast path does, rather
+than by calling the submodules. Two consequences: the block costs the same as the fused path, and profilers that
+count through module hooks (``thop``) see exactly what they saw on the published networks, i.e. nothing inside
+the block (see :mod:`nnunet_mamba.benchmarks.flops`, protocol ``thop``).
+
+The scan goes through :func:`nnunet_mamba.ops.selective_scan` (CPU backends, the mamba-ssm kernel, fp32 under
+autocast); the causal convolution uses ``causal_conv1d``'s kernel for CUDA tensors when that package imports.
+
+Sequences are read in the order given. Networks that scan a sequence both ways with shared weights call the block
+on the sequence and on its flip (or on both stacked along the batch, one scan call) and flip the second result back.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnunet_mamba.ops import selective_scan
+
+try:  # the fused CUDA causal convolution (optional; the 'cuda' extra installs it)
+    from causal_conv1d import causal_conv1d_fn
+except ImportError:  # pragma: no cover - depends on the installation
+    causal_conv1d_fn = None
+
+
+def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """SiLU of a causal depthwise convolution: output t sees inputs t - k + 1 .. t. x: (batch, channels, L);
+    weight: (channels, 1, k) as nn.Conv1d stores it."""
+    if causal_conv1d_fn is not None and x.is_cuda:
+        return causal_conv1d_fn(x, weight.squeeze(1), bias, activation="silu")
+    kernel = weight.shape[-1]
+    return F.silu(F.conv1d(x, weight, bias, padding=kernel - 1, groups=x.shape[1])[..., :x.shape[-1]])
+
+
+class Mamba(nn.Module):
+    """``mamba_ssm.Mamba``'s block on channels-last sequences: ``(batch, L, d_model) -> (batch, L, d_model)``."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+    ):
+        super().__init__()
+        if d_model < 1 or d_state < 1 or d_conv < 1 or expand < 1:
+            raise ValueError(f"Mamba needs positive d_model, d_state, d_conv and expand, got {d_model}, {d_state}, "
+                             f"{d_conv}, {expand}")
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"Mamba's dt_init must be 'random' or 'constant', got {dt_init!r}")
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1,
+                                bias=conv_bias)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
+        self.D = nn.Parameter(torch.empty(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+        self._dt_init = (dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """mamba-ssm's initialisation of dt_proj, A_log and D (the other layers keep PyTorch's defaults)."""
+        dt_min, dt_max, dt_init, dt_scale, floor = self._dt_init
+        std = self.dt_rank ** -0.5 * dt_scale
+        if dt_init == "constant":
+            self.dt_proj.weight.fill_(std)
+        else:
+            self.dt_proj.weight.uniform_(-std, std)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        # mamba-ssm marks these so that its model-level init leaves them alone and weight decay skips them
+        self.dt_proj.bias._no_reinit = True
+        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
+        self.A_log._no_weight_decay = True
+        self.D.fill_(1.0)
+        self.D._no_weight_decay = True
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
+            raise ValueError(f"Mamba(d_model={self.d_model}) takes (batch, L, {self.d_model}) sequences, got shape "
+                             f"{tuple(hidden_states.shape)}")
+        xz = F.linear(hidden_states, self.in_proj.weight, self.in_proj.bias).transpose(1, 2)  # (B, 2E, L)
+        x, z = xz.chunk(2, dim=1)
+        x = causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias)
+        x_dbl = F.linear(x.transpose(1, 2), self.x_proj.weight)  # (B, L, R + 2N)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # the bias enters the scan as delta_bias
+        # the SSM parameters in at least float32, as mamba-ssm (a model cast to half keeps its decay exact)
+        ssm_dtype = torch.promote_types(self.A_log.dtype, torch.float32)
+        y = selective_scan(
+            x, dt, -torch.exp(self.A_log.to(ssm_dtype)), B.transpose(1, 2), C.transpose(1, 2),
+            D=self.D.to(ssm_dtype), z=z, delta_bias=self.dt_proj.bias.to(ssm_dtype), delta_softplus=True,
+        )
+        return F.linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
+
+    @staticmethod
+    def parameter_count(d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2) -> int:
+        """Parameters of the default block (no in/out bias), computed from the shapes above."""
+        e, r = expand * d_model, math.ceil(d_model / 16)
+        return (d_model * 2 * e + e * d_conv + e + e * (r + 2 * d_state) + r * e + e + e * d_state + e
+                + e * d_model)

@@ -1,0 +1,129 @@
+"""The one Mamba (v1) block: mamba-ssm's parameters, values and gradients against a float64 sequential reference."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnunet_mamba.blocks.mamba import Mamba
+
+#: mamba_ssm.Mamba(d_model=D) with its defaults (d_state 16, d_conv 4, expand 2): every tensor and its shape
+def mamba_ssm_shapes(d_model: int) -> dict:
+    e, r = 2 * d_model, math.ceil(d_model / 16)
+    return {"A_log": (e, 16), "D": (e,), "in_proj.weight": (2 * e, d_model), "conv1d.weight": (e, 1, 4),
+            "conv1d.bias": (e,), "x_proj.weight": (r + 32, e), "dt_proj.weight": (e, r), "dt_proj.bias": (e,),
+            "out_proj.weight": (d_model, e)}
+
+
+def reference_mamba(block: Mamba, x: torch.Tensor) -> torch.Tensor:
+    """mamba-ssm's reference path written out step by step: causal conv by hand, sequential scan."""
+    e, n, r, k = block.d_inner, block.d_state, block.dt_rank, block.d_conv
+    xz = x @ block.in_proj.weight.T
+    u, z = xz[..., :e], xz[..., e:]
+    weight = block.conv1d.weight[:, 0]  # (E, k)
+    conv = torch.zeros_like(u) + block.conv1d.bias
+    for t in range(u.shape[1]):
+        for j in range(k):  # tap j sees position t - (k - 1) + j; before the start there are zeros
+            source = t - (k - 1) + j
+            if source >= 0:
+                conv[:, t] = conv[:, t] + weight[:, j] * u[:, source]
+    u = F.silu(conv)
+    x_dbl = u @ block.x_proj.weight.T
+    dt = F.softplus(x_dbl[..., :r] @ block.dt_proj.weight.T + block.dt_proj.bias)
+    B, C = x_dbl[..., r:r + n], x_dbl[..., r + n:]
+    A = -torch.exp(block.A_log)
+    state = torch.zeros(x.shape[0], e, n, dtype=x.dtype)
+    outputs = []
+    for t in range(x.shape[1]):
+        state = torch.exp(dt[:, t, :, None] * A) * state + dt[:, t, :, None] * B[:, t, None, :] * u[:, t, :, None]
+        outputs.append((state * C[:, t, None, :]).sum(-1) + block.D * u[:, t])
+    y = torch.stack(outputs, dim=1) * F.silu(z)
+    return y @ block.out_proj.weight.T
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_values_and_gradients_match_the_float64_sequential_reference(backend, monkeypatch):
+    monkeypatch.setenv("NNUNET_MAMBA_SCAN", backend)
+    torch.manual_seed(0)
+    block = Mamba(20).double()  # dt_rank 2, d_inner 40
+    with torch.no_grad():  # make the decay and the gate matter: not the initial near-identity
+        block.A_log.add_(torch.randn_like(block.A_log) * 0.3)
+        block.D.normal_()
+    x = torch.randn(2, 23, 20, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+
+    out = block(x)
+    expected = reference_mamba(block, x_ref)
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-10)
+
+    upstream = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, *block.parameters()], upstream)
+    grads_ref = torch.autograd.grad(expected, [x_ref, *block.parameters()], upstream)
+    names = ["input"] + [name for name, _ in block.named_parameters()]
+    for name, got, want in zip(names, grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10, msg=f"gradient of {name}")
+
+
+def test_float32_block_is_close_to_the_float64_reference():
+    torch.manual_seed(1)
+    block = Mamba(16)
+    x = torch.randn(1, 40, 16)
+    expected = reference_mamba(block.double(), x.double()).float()
+    out = block.float()(x)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_causal_output_t_depends_on_no_later_input():
+    torch.manual_seed(2)
+    block = Mamba(8).double()
+    x = torch.randn(1, 12, 8, dtype=torch.float64, requires_grad=True)
+    out = block(x)
+    (grad,) = torch.autograd.grad(out[0, 5].sum(), x)
+    assert grad[0, 6:].abs().max() == 0 and grad[0, :6].abs().max() > 0
+
+
+@pytest.mark.parametrize("d_model", [8, 32, 40, 256])
+def test_a_mamba_ssm_state_dict_loads_unchanged(d_model):
+    shapes = mamba_ssm_shapes(d_model)
+    block = Mamba(d_model)
+    assert {k: tuple(v.shape) for k, v in block.state_dict().items()} == shapes
+    torch.manual_seed(3)
+    saved = {name: torch.randn(shape) for name, shape in shapes.items()}
+    block.load_state_dict(saved, strict=True)
+    assert all(torch.equal(block.state_dict()[name], value) for name, value in saved.items())
+    assert sum(p.numel() for p in block.parameters()) == Mamba.parameter_count(d_model) \
+        == 6 * d_model**2 + 4 * math.ceil(d_model / 16) * d_model + 110 * d_model
+
+
+def test_parameter_counts_of_the_spec():
+    assert [Mamba.parameter_count(d) for d in (32, 64, 128, 256)] == [9_920, 32_640, 116_480, 437_760]
+
+
+def test_mamba_ssm_initialisation():
+    torch.manual_seed(4)
+    block = Mamba(64, dt_min=0.001, dt_max=0.1)
+    assert torch.equal(block.A_log, torch.log(torch.arange(1, 17, dtype=torch.float32)).repeat(128, 1))
+    assert torch.equal(block.D, torch.ones(128))
+    dt = F.softplus(block.dt_proj.bias.detach())
+    assert dt.min() >= 0.001 * (1 - 1e-5) and dt.max() <= 0.1 * (1 + 1e-5)
+    bound = block.dt_rank ** -0.5
+    assert block.dt_proj.weight.abs().max() <= bound and block.dt_proj.weight.abs().max() > bound / 2
+    assert block.A_log._no_weight_decay and block.D._no_weight_decay and block.dt_proj.bias._no_reinit
+
+
+def test_bad_input_and_arguments_are_named():
+    block = Mamba(8)
+    with pytest.raises(ValueError, match=r"Mamba\(d_model=8\) takes \(batch, L, 8\) sequences, got shape \(2, 5, 4\)"):
+        block(torch.randn(2, 5, 4))
+    with pytest.raises(ValueError, match="dt_init must be 'random' or 'constant'"):
+        Mamba(8, dt_init="uniform")
+
+
+def test_autocast_keeps_the_scan_in_float32_and_returns_the_autocast_dtype():
+    torch.manual_seed(5)
+    block = Mamba(16)
+    x = torch.randn(2, 30, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), block(x), rtol=5e-2, atol=5e-2)
