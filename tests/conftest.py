@@ -3,6 +3,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -13,9 +15,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 # trainers are loaded the one way nnU-Net loads them (nnunet_mamba.discovery.load_trainer): our folder, then the
 # test trainers
-from e2e_support import ext_trainer_paths  # noqa: E402
+from e2e_support import DATASET_ID, ext_trainer_paths  # noqa: E402
 
 os.environ["nnUNet_extTrainer"] = ext_trainer_paths()
+
+from nnunet_mamba.discovery import load_trainer  # noqa: E402
 
 
 def pytest_configure(config):
@@ -38,3 +42,23 @@ def nnunet_workspace(tmp_path_factory):
         yield prepared_workspace(root, log)
     finally:
         log.close()
+
+
+@pytest.fixture
+def make_trainer(nnunet_workspace, monkeypatch):
+    """Trainers on CPU for the synthetic dataset, with nnU-Net's paths pointing into the test workspace."""
+    for key, value in nnunet_workspace.env().items():
+        if key.startswith("nnUNet_"):
+            monkeypatch.setenv(key, value)
+    preprocessed = nnunet_workspace.preprocessed / nnunet_workspace.dataset_folder(DATASET_ID).name
+
+    def make(trainer, configuration="2d", continue_training=False):
+        """``trainer``: a name nnU-Net finds, or a trainer class."""
+        trainer_class = load_trainer(trainer) if isinstance(trainer, str) else trainer
+        plans = load_json(str(preprocessed / "nnUNetPlans.json"))
+        plans["continue_training"] = continue_training  # nnUNetv2_train adds this (--c) before building the trainer
+        torch.manual_seed(0)
+        return trainer_class(plans, configuration, 0, load_json(str(preprocessed / "dataset.json")),
+                             torch.device("cpu"))
+
+    return make

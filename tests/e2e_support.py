@@ -36,3 +36,30 @@ def random_training_batch(trainer, generator: torch.Generator, num_labels: int =
     targets = [torch.nn.functional.interpolate(seg, size=[round(p * s) for p, s in zip(patch, scale)],
                                                mode="nearest-exact") for scale in scales]
     return {"data": data, "target": targets}
+
+
+def held_out_dice(workspace: NnUNetWorkspace, configuration: str, trainer: str, predictions_name: str) -> dict:
+    """Dice per label of fold 0's ``nnUNetv2_predict`` of the test images, by nnU-Net's evaluation."""
+    dataset = workspace.dataset_folder(DATASET_ID)
+    predictions = workspace.root / predictions_name
+    workspace.predict(DATASET_ID, configuration, 0, trainer, dataset / "imagesTs", predictions)
+    summary = workspace.evaluate(dataset / "labelsTs", predictions, DATASET_ID)
+    return {label: values["Dice"] for label, values in summary["mean"].items()}
+
+
+def predict_test_images(workspace: NnUNetWorkspace, configuration: str, trainer: str, predictions_name: str) -> Path:
+    """Fold 0's ``nnUNetv2_predict`` of the test images, checked: one label map per reference, of its shape, with
+    the dataset's labels only. Returns the predictions folder."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    dataset = workspace.dataset_folder(DATASET_ID)
+    predictions = workspace.root / predictions_name
+    workspace.predict(DATASET_ID, configuration, 0, trainer, dataset / "imagesTs", predictions)
+    references = sorted((dataset / "labelsTs").glob("*.nii.gz"))
+    assert sorted(p.name for p in predictions.glob("*.nii.gz")) == [p.name for p in references]
+    for reference in references:
+        predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(predictions / reference.name)))
+        assert predicted.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(reference))).shape
+        assert set(np.unique(predicted)) <= {0, 1, 2}
+    return predictions

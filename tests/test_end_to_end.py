@@ -9,10 +9,9 @@ import re
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
-from e2e_support import DATASET_ID
+from e2e_support import DATASET_ID, held_out_dice, predict_test_images
 from nnunet_mamba.training.loss_terms import PLOT_NAME
 from nnunet_mamba.training.self_distillation import TERM_NAMES
 from nnunet_mamba.training.trainer_base import COMPILE_DISABLED_REASON, TRAINING_MODULES_KEY
@@ -56,11 +55,7 @@ def test_killed_run_resumes_from_its_latest_checkpoint_and_learns(nnunet_workspa
     assert _adam_steps(final) == {8 * 25}
     assert any(k.startswith("decoder.seg_layers.") for k in final["network_weights"])
 
-    dataset = workspace.dataset_folder(DATASET_ID)
-    predictions = workspace.root / "pred_2d"
-    workspace.predict(DATASET_ID, "2d", 0, TRAINER, dataset / "imagesTs", predictions)
-    summary = workspace.evaluate(dataset / "labelsTs", predictions, DATASET_ID)
-    dice = {label: values["Dice"] for label, values in summary["mean"].items()}
+    dice = held_out_dice(workspace, "2d", TRAINER, "pred_2d")
     # an empty prediction scores 0 on both labels; a network that learned scores clearly above it
     # (seen on 2 cores: 0.72 / 0.71)
     assert min(dice["1"], dice["2"]) > 0.2 and (dice["1"] + dice["2"]) / 2 > 0.4, dice
@@ -103,15 +98,7 @@ def test_dsvm_heads_travel_through_resume_and_predict_is_plain_vm_unet(nnunet_wo
         assert f"train_{name}" in sorted(output.glob("training_log_*.txt"))[-1].read_text()
     assert (output / PLOT_NAME).stat().st_size > 0
 
-    dataset = workspace.dataset_folder(DATASET_ID)
-    predictions = workspace.root / f"pred_dsvm_{configuration}"
-    workspace.predict(DATASET_ID, configuration, 0, DSVM_TRAINER, dataset / "imagesTs", predictions)
-    references = sorted((dataset / "labelsTs").glob("*.nii.gz"))
-    assert sorted(p.name for p in predictions.glob("*.nii.gz")) == [p.name for p in references]
-    for reference in references:
-        predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(predictions / reference.name)))
-        assert predicted.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(reference))).shape
-        assert set(np.unique(predicted)) <= {0, 1, 2}
+    predict_test_images(workspace, configuration, DSVM_TRAINER, f"pred_dsvm_{configuration}")
 
 
 def test_find_best_configuration_over_our_trained_models(nnunet_workspace, dsvm_runs):

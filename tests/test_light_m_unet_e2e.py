@@ -4,14 +4,12 @@ import re
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
-from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
-from e2e_support import DATASET_ID, random_training_batch
+from e2e_support import DATASET_ID, held_out_dice, predict_test_images, random_training_batch
 from nnunet_mamba.architectures.light_m_unet import LightMUNet
-from nnunet_mamba.discovery import load_trainer, trainer_names
+from nnunet_mamba.discovery import trainer_names
 
 pytestmark = pytest.mark.slow
 
@@ -25,20 +23,11 @@ def _epochs_in_log(output_folder):
     return [int(m) for m in re.findall(r"^\S+ \S+: Epoch (\d+)\s*$", text, flags=re.M)]
 
 
-def test_official_settings_and_a_network_without_deep_supervision(nnunet_workspace, monkeypatch):
+def test_official_settings_and_a_network_without_deep_supervision(make_trainer):
     assert set(OURS) <= set(trainer_names())  # what `nnunet-mamba doctor` checks nnU-Net finds
-    for key, value in nnunet_workspace.env().items():
-        if key.startswith("nnUNet_"):
-            monkeypatch.setenv(key, value)
-    preprocessed = nnunet_workspace.preprocessed / nnunet_workspace.dataset_folder(DATASET_ID).name
-    dataset_json = load_json(str(preprocessed / "dataset.json"))
-
     trainers = {}
     for name in OURS:
-        plans = load_json(str(preprocessed / "nnUNetPlans.json"))
-        plans["continue_training"] = False  # nnUNetv2_train adds this; the trainer takes it out
-        torch.manual_seed(0)
-        trainer = load_trainer(name)(plans, "2d", 0, dataset_json, torch.device("cpu"))
+        trainer = make_trainer(name)
         trainer.initialize()
         trainers[name] = trainer
         assert type(trainer.bare_network) is LightMUNet and not trainer.enable_deep_supervision
@@ -84,11 +73,7 @@ def test_2d_trains_resumes_with_c_predicts_and_learns(nnunet_workspace):
     assert group["eps"] == 1e-5 and group["lr"] == pytest.approx(2e-3 * (1 - 2 / 3) ** 0.9)  # poly, epoch 2
     assert any(k.startswith("decoder.seg_layers.0.") for k in final["network_weights"])
 
-    dataset = workspace.dataset_folder(DATASET_ID)
-    predictions = workspace.root / "pred_light_m_unet_2d"
-    workspace.predict(DATASET_ID, "2d", 0, TRAINER, dataset / "imagesTs", predictions)
-    summary = workspace.evaluate(dataset / "labelsTs", predictions, DATASET_ID)
-    dice = {label: values["Dice"] for label, values in summary["mean"].items()}
+    dice = held_out_dice(workspace, "2d", TRAINER, "pred_light_m_unet_2d")
     # an empty prediction scores 0; a network that learned scores clearly above it
     assert min(dice["1"], dice["2"]) > 0.3 and (dice["1"] + dice["2"]) / 2 > 0.5, dice
 
@@ -102,12 +87,4 @@ def test_3d_fullres_trains_and_predicts(nnunet_workspace):
     assert final["current_epoch"] == 1
     assert final["network_weights"]["encoder.stem.0.weight"].dim() == 5  # a 3D network from the 3d_fullres plan
 
-    dataset = workspace.dataset_folder(DATASET_ID)
-    predictions = workspace.root / "pred_light_m_unet_3d"
-    workspace.predict(DATASET_ID, "3d_fullres", 0, TRAINER, dataset / "imagesTs", predictions)
-    references = sorted((dataset / "labelsTs").glob("*.nii.gz"))
-    assert sorted(p.name for p in predictions.glob("*.nii.gz")) == [p.name for p in references]
-    for reference in references:
-        predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(predictions / reference.name)))
-        assert predicted.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(reference))).shape
-        assert set(np.unique(predicted)) <= {0, 1, 2}
+    predict_test_images(workspace, "3d_fullres", TRAINER, "pred_light_m_unet_3d")

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from e2e_support import DATASET_ID, ext_trainer_paths, random_training_batch
+from e2e_support import DATASET_ID, ext_trainer_paths, predict_test_images, random_training_batch
 from nnunet_mamba.architectures import get_network
 from nnunet_mamba.discovery import load_trainer
 from nnunet_mamba.training.encoder_freeze import FREEZE_STATE_KEY
@@ -55,19 +55,12 @@ def _equals_checkpoint(encoder_state, vmamba_file):
 
 
 @pytest.fixture
-def make_trainer(nnunet_workspace, monkeypatch):
-    for key, value in nnunet_workspace.env().items():
-        if key.startswith("nnUNet_"):
-            monkeypatch.setenv(key, value)
-    preprocessed = nnunet_workspace.preprocessed / nnunet_workspace.dataset_folder(DATASET_ID).name
-
+def make_freeze_trainer(make_trainer):
+    """A CPU trainer of ``trainer_name`` with a freeze of ``freeze_epochs``; its log lines kept in ``logged``."""
     def make(trainer_name, freeze_epochs, continue_training=False):
         trainer_class = type(f"{trainer_name}Freeze{freeze_epochs}", (load_trainer(trainer_name),),
                              {"encoder_freeze_epochs": freeze_epochs})
-        plans = load_json(str(preprocessed / "nnUNetPlans.json"))
-        plans["continue_training"] = continue_training
-        torch.manual_seed(0)
-        trainer = trainer_class(plans, "2d", 0, load_json(str(preprocessed / "dataset.json")), torch.device("cpu"))
+        trainer = make_trainer(trainer_class, continue_training=continue_training)
         trainer.print_to_log_file = lambda *args, **kwargs: trainer.logged.append(" ".join(map(str, args)))
         trainer.logged = []
         return trainer
@@ -82,10 +75,10 @@ def _steps(trainer, steps=1, seed=1):
 
 
 @pytest.mark.parametrize("trainer_name", ["nnUNetTrainerSwinUMambaQuick", "nnUNetTrainerSwinUMambaDQuick"])
-def test_freeze_no_update_no_decay_kept_on_resume_then_trained(make_trainer, small_vmamba_file, monkeypatch, tmp_path,
+def test_freeze_no_update_no_decay_kept_on_resume_then_trained(make_freeze_trainer, small_vmamba_file, monkeypatch, tmp_path,
                                                                trainer_name):
     monkeypatch.setenv(PRETRAINED_ENV_VAR, str(small_vmamba_file))
-    trainer = make_trainer(trainer_name, freeze_epochs=2)
+    trainer = make_freeze_trainer(trainer_name, freeze_epochs=2)
     trainer.initialize()
     assert trainer.maybe_initialise_from_pretrained() is not None and trainer.encoder_pretrained
     frozen = set(map(id, trainer.frozen_encoder_parameters()))
@@ -106,7 +99,7 @@ def test_freeze_no_update_no_decay_kept_on_resume_then_trained(make_trainer, sma
     # --c inside the freeze: the checkpoint remembers the pretrained start, the resumed run is frozen again
     trainer.save_checkpoint(str(tmp_path / "checkpoint_latest.pth"))  # after epoch 0: resumes at epoch 1
     assert torch.load(tmp_path / "checkpoint_latest.pth", weights_only=False)[FREEZE_STATE_KEY]["encoder_pretrained"]
-    resumed = make_trainer(trainer_name, freeze_epochs=2, continue_training=True)
+    resumed = make_freeze_trainer(trainer_name, freeze_epochs=2, continue_training=True)
     resumed.load_checkpoint(str(tmp_path / "checkpoint_latest.pth"))
     assert resumed.maybe_initialise_from_pretrained() is None  # a resumed run never reads the ImageNet file
     assert resumed.current_epoch == 1
@@ -124,9 +117,9 @@ def test_freeze_no_update_no_decay_kept_on_resume_then_trained(make_trainer, sma
     assert any("trainable again" in line for line in resumed.logged)
 
 
-def test_scratch_runs_are_never_frozen_and_the_protocol_is_the_papers(make_trainer, monkeypatch):
+def test_scratch_runs_are_never_frozen_and_the_protocol_is_the_papers(make_freeze_trainer, monkeypatch):
     monkeypatch.delenv(PRETRAINED_ENV_VAR, raising=False)
-    trainer = make_trainer("nnUNetTrainerSwinUMamba", freeze_epochs=10)
+    trainer = make_freeze_trainer("nnUNetTrainerSwinUMamba", freeze_epochs=10)
     trainer.initialize()
     trainer.on_train_epoch_start()
     assert all(p.requires_grad for p in trainer.network.parameters())
@@ -175,17 +168,10 @@ def test_cli_2d_pretrained_freeze_resume_predict_and_learn(nnunet_workspace, sma
 
 
 def test_cli_3d_fullres_dagger_trains_and_predicts(nnunet_workspace):
-    import SimpleITK as sitk
-
     workspace = nnunet_workspace
     workspace.run("nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", DAGGER_TRAINER, "-device", "cpu",
                   env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="1", NNUNET_MAMBA_TEST_ITERATIONS="3"))
-    dataset = workspace.dataset_folder(DATASET_ID)
-    predictions = workspace.root / "pred_swin_umamba_d_3d"
-    workspace.predict(DATASET_ID, "3d_fullres", 0, DAGGER_TRAINER, dataset / "imagesTs", predictions)
-    for reference in sorted((dataset / "labelsTs").glob("*.nii.gz")):
-        predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(predictions / reference.name)))
-        assert predicted.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(reference))).shape
+    predict_test_images(workspace, "3d_fullres", DAGGER_TRAINER, "pred_swin_umamba_d_3d")
 
 
 def _cpu_ddp(module, device_ids=None, **kwargs):

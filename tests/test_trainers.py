@@ -1,9 +1,8 @@
 """Our trainers in-process on the synthetic dataset: the loss they optimise, checkpoints, pretrained initialisation."""
 import pytest
 import torch
-from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from e2e_support import DATASET_ID, random_training_batch
+from e2e_support import random_training_batch
 from nnunet_mamba.architectures import VMUNet
 from nnunet_mamba.benchmarks.flops import count_flops
 from nnunet_mamba.discovery import load_trainer
@@ -14,25 +13,6 @@ from nnunet_mamba.training.trainer_base import PRETRAINED_ENV_VAR, TRAINING_MODU
 pytestmark = pytest.mark.slow
 
 PROJECTION, PROGRESSIVE = TERM_NAMES["projection"], TERM_NAMES["progressive"]
-
-
-@pytest.fixture
-def make_trainer(nnunet_workspace, monkeypatch):
-    """Trainers on CPU for the synthetic dataset, with nnU-Net's paths pointing into the test workspace."""
-    for key, value in nnunet_workspace.env().items():
-        if key.startswith("nnUNet_"):
-            monkeypatch.setenv(key, value)
-    preprocessed = nnunet_workspace.preprocessed / nnunet_workspace.dataset_folder(DATASET_ID).name
-
-    def make(trainer, configuration="2d", continue_training=False):
-        trainer_class = load_trainer(trainer) if isinstance(trainer, str) else trainer
-        plans = load_json(str(preprocessed / "nnUNetPlans.json"))
-        plans["continue_training"] = continue_training  # nnUNetv2_train adds this (--c) before building the trainer
-        torch.manual_seed(0)
-        return trainer_class(plans, configuration, 0, load_json(str(preprocessed / "dataset.json")),
-                             torch.device("cpu"))
-
-    return make
 
 
 def _train_steps(trainer, steps=2):
