@@ -104,3 +104,17 @@ class NnUNetWorkspace:
                        plans: str = "nnUNetPlans") -> Path:
         dataset = self.dataset_folder(dataset_id).name
         return self.results / dataset / f"{trainer}__{plans}__{configuration}" / f"fold_{fold}"
+
+
+def write_untrained_results_folder(trainer, results_dataset_folder: str | Path) -> Path:
+    """An nnU-Net results folder ``<Trainer>__<plans>__<configuration>`` (plans.json, dataset.json,
+    ``fold_N/checkpoint_final.pth``) holding the initialised ``trainer``'s network as built, untrained: what
+    ``nnUNetv2_predict`` and a distillation teacher lookup read, at no training cost (benchmarks, tests).
+    Returns the folder."""
+    folder = Path(results_dataset_folder) / (f"{type(trainer).__name__}__{trainer.plans_manager.plans_name}__"
+                                             f"{trainer.configuration_name}")
+    (folder / f"fold_{trainer.fold}").mkdir(parents=True, exist_ok=True)
+    (folder / "plans.json").write_text(json.dumps(trainer.plans_manager.plans))
+    (folder / "dataset.json").write_text(json.dumps(trainer.dataset_json))
+    trainer.save_checkpoint(str(folder / f"fold_{trainer.fold}" / "checkpoint_final.pth"))
+    return folder

@@ -63,3 +63,4 @@ def predict_test_images(workspace: NnUNetWorkspace, configuration: str, trainer:
         assert predicted.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(reference))).shape
         assert set(np.unique(predicted)) <= {0, 1, 2}
     return predictions
+

@@ -7,6 +7,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from e2e_support import DATASET_ID, ext_trainer_paths, random_training_batch
+from nnunet_mamba.pipeline import write_untrained_results_folder
+from nnunet_mamba.training.teacher import TEACHER_ENV_VAR
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +29,8 @@ def _worker(rank: int, world_size: int, init_file: str, env: dict, result_file: 
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
         trainer_module.DDP = _cpu_ddp
+        # nnU-Net converts BatchNorms (UltraLBM-UNet's separable convs) to SyncBatchNorm, which needs CUDA
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm = classmethod(lambda cls, module, process_group=None: module)
         preprocessed = os.path.join(env["nnUNet_preprocessed"], env["DATASET_NAME"])
         trainer_class = recursive_find_trainer_class_by_name(trainer_name)
         plans = load_json(os.path.join(preprocessed, "nnUNetPlans.json"))
@@ -37,6 +41,8 @@ def _worker(rank: int, world_size: int, init_file: str, env: dict, result_file: 
         trainer.device, trainer.grad_scaler = torch.device("cpu"), None
         trainer.enable_deep_supervision = deep_supervision
         trainer.initialize()
+        if hasattr(trainer, "load_distillation_teacher"):  # nnU-Net's on_train_start does this before training
+            trainer.load_distillation_teacher()
         assert trainer.is_ddp and isinstance(trainer.network, torch.nn.parallel.DistributedDataParallel)
         generator = torch.Generator().manual_seed(rank)  # each rank sees different data
         losses = []
@@ -57,10 +63,15 @@ def _worker(rank: int, world_size: int, init_file: str, env: dict, result_file: 
     ("nnUNetTrainerVMUNetQuick", False),  # the decoder's deep heads then get no gradient
     ("nnUNetTrainerDSVMUNetQuick", True),  # the network and the distillation heads, each in its own DDP wrapper
     ("nnUNetTrainerLightMUNetQuick", False),  # a network without deep supervision, Adam and poly
+    ("nnUNetTrainerUltraLBMUNetTQuick", False),  # a student with a frozen teacher outside the DDP wrapper
 ])
-def test_two_process_gloo_train_steps_keep_replicas_identical(nnunet_workspace, tmp_path, trainer_name,
+def test_two_process_gloo_train_steps_keep_replicas_identical(nnunet_workspace, make_trainer, tmp_path, trainer_name,
                                                                deep_supervision):
     env = nnunet_workspace.env()
+    if trainer_name == "nnUNetTrainerUltraLBMUNetTQuick":
+        teacher = make_trainer("nnUNetTrainerUltraLBMUNetQuick")
+        teacher.initialize()
+        env[TEACHER_ENV_VAR] = str(write_untrained_results_folder(teacher, tmp_path / "results"))
     env["nnUNet_extTrainer"] = ext_trainer_paths()
     env["DATASET_NAME"] = nnunet_workspace.dataset_folder(DATASET_ID).name
     result_file = str(tmp_path / "result.pt")

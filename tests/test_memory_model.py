@@ -36,12 +36,14 @@ def test_estimate_matches_saved_tensors_of_a_forward_pass(name, dims):
 
 @pytest.mark.parametrize("name", list(registered_networks()))
 def test_estimate_matches_at_the_published_widths(name):
-    """Once per network at its published widths, where the estimate must come out larger than the small one's."""
+    """Once per network at its published widths, where the estimate must come out larger than the small one's
+    (for networks whose small instance differs from the published one)."""
     torch.manual_seed(0)
     patch = MEMORY_MODEL_PATCHES[2][0]
     published = build_for_memory_check(name, patch, small=False)
-    small = build_for_memory_check(name, patch, small=True)
-    assert published.compute_conv_feature_map_size(list(patch)) > small.compute_conv_feature_map_size(list(patch))
+    if registered_networks()[name].small_overrides:
+        small = build_for_memory_check(name, patch, small=True)
+        assert published.compute_conv_feature_map_size(list(patch)) > small.compute_conv_feature_map_size(list(patch))
     assert _relative_error(published, patch) <= TOLERANCE
 
 

@@ -34,3 +34,16 @@ def strides_from_plan(
                        (1,) * spatial_dims)
         start += count
     return grouped
+
+
+def conv_kernel_sizes_from_plan(configuration_manager, spatial_dims: int) -> list[tuple[int, ...]] | None:
+    """The plan's conv kernel per stage: nnU-Net's ConfigurationManager keeps them in the architecture's
+    ``kernel_sizes``, :class:`~nnunet_mamba.architectures.registry.SyntheticConfiguration` as
+    ``conv_kernel_sizes``; None for a configuration that has neither (3 everywhere then)."""
+    kernels = getattr(configuration_manager, "conv_kernel_sizes", None)
+    if kernels is None:
+        kernels = (getattr(configuration_manager, "network_arch_init_kwargs", None) or {}).get("kernel_sizes")
+    if not kernels:
+        return None
+    return [(int(k),) * spatial_dims if isinstance(k, (int, np.integer)) else tuple(int(v) for v in k)
+            for k in kernels]

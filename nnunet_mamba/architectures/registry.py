@@ -12,7 +12,7 @@ from typing import Sequence
 
 #: modules that define registered networks; importing one registers its networks
 NETWORK_MODULES = ("nnunet_mamba.architectures.vm_unet", "nnunet_mamba.architectures.light_m_unet",
-                   "nnunet_mamba.architectures.swin_umamba")
+                   "nnunet_mamba.architectures.swin_umamba", "nnunet_mamba.architectures.ultralbm_unet")
 
 
 @dataclass(frozen=True)

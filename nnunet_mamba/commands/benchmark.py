@@ -1,12 +1,13 @@
-"""``nnunet-mamba benchmark scan|network|flops``: time the selective-scan backends or a network's train step,
-or count a network's FLOPs (selective scan included)."""
+"""``nnunet-mamba benchmark scan|network|flops|predict``: time the selective-scan backends or a network's train
+step, count a network's FLOPs (selective scan included), or time the stock nnUNetv2_predict of one case."""
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "benchmark", help="time forward+backward and peak memory of the scan backends (scan) or a network (network), "
-                          "or count a network's parameters and FLOPs/MACs, selective scan included (flops)")
-    parser.add_argument("what", choices=["scan", "network", "flops"], help="what to benchmark")
+                          "or count a network's parameters and FLOPs/MACs, selective scan included (flops), or time "
+                          "nnUNetv2_predict of one synthetic case per scan backend next to nnU-Net's UNet (predict)")
+    parser.add_argument("what", choices=["scan", "network", "flops", "predict"], help="what to benchmark")
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384],
                         help="scan: sequence lengths L (default: 1024 4096 16384)")
     parser.add_argument("--dim", type=int, default=192, help="scan: channels (default: 192)")
@@ -34,10 +35,17 @@ def register(subparsers) -> None:
     parser.add_argument("--distillation", action="store_true",
                         help="flops: also count DSVM-UNet's training-only self-distillation heads")
     parser.add_argument("--backends", nargs="+", default=["auto"], choices=["auto", "cuda", "triton", "numba", "torch"],
-                        help="network: scan backends to compare (default: auto)")
+                        help="network: scan backends to compare (default: auto); predict: default torch numba")
     parser.add_argument("--no-amp", action="store_true", help="network: float32 instead of bf16 autocast on CUDA")
     parser.add_argument("--compare-nnunet", action="store_true",
                         help="network: also time nnU-Net's default UNet built from the same plan, and print ratios")
+    parser.add_argument("--trainer", default="nnUNetTrainerVMUNet",
+                        help="predict: the trainer whose network predicts (default: nnUNetTrainerVMUNet)")
+    parser.add_argument("--case-shape", type=int, nargs=3, default=[64, 128, 128],
+                        help="predict: shape of the synthetic case, z y x (default: 64 128 128)")
+    parser.add_argument("--configuration", default="3d_fullres", help="predict: configuration (default: 3d_fullres)")
+    parser.add_argument("--workdir", default=None,
+                        help="predict: workspace to create or reuse (default: a new temporary folder)")
     parser.set_defaults(func=run)
 
 
@@ -53,6 +61,17 @@ def run(args) -> int:
         return 2
     if args.what == "flops":
         return _run_flops(args)
+    if args.what == "predict":
+        from pathlib import Path
+
+        from nnunet_mamba.benchmarks.predict import format_predict_table, run_predict_benchmark
+
+        backends = ["torch", "numba"] if args.backends == ["auto"] else args.backends
+        rows = run_predict_benchmark(args.trainer, tuple(args.case_shape), args.configuration, backends,
+                                     rounds=args.repeats, workdir=Path(args.workdir) if args.workdir else None,
+                                     device=args.device, compare_nnunet=True)
+        print(format_predict_table(rows))
+        return 0
     if args.what == "network":
         from nnunet_mamba.benchmarks.network import format_network_table, run_network_benchmark
 

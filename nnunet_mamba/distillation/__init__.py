@@ -8,6 +8,16 @@ from nnunet_mamba.distillation.dual_self_distillation import (
     feature_mse,
 )
 from nnunet_mamba.distillation.features import LevelFeatureTap
+from nnunet_mamba.distillation.hybrid import (
+    HybridDistillationConfig,
+    decoupled_kd,
+    edge_kd,
+    hybrid_distillation_terms,
+    sobel_magnitude,
+    spatial_attention_kd,
+)
 
 __all__ = ["PROGRESSIVE", "PROJECTION", "DualSelfDistillation", "LevelFeatureTap", "ProgressiveHead",
-           "ProjectionHead", "feature_mse"]
+           "ProjectionHead", "feature_mse",
+           "HybridDistillationConfig", "decoupled_kd", "edge_kd", "hybrid_distillation_terms", "sobel_magnitude",
+           "spatial_attention_kd"]

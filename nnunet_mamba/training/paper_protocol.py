@@ -36,12 +36,14 @@ def bce_dice_loss(label_manager, is_ddp: bool):
                           ignore_label=label_manager.ignore_label, dice_class=SoftDiceLoss)
 
 
-class PaperProtocol:
-    """Mixin placed before a :class:`~nnunet_mamba.training.MambaTrainerBase` trainer in the bases."""
+class PaperSchedule:
+    """Mixin placed before a :class:`~nnunet_mamba.training.MambaTrainerBase` trainer in the bases: the papers'
+    optimisation (AdamW 1e-3 / 1e-2 from the base, periodic cosine to 1e-5, 300 epochs, no deep supervision, no
+    gradient clipping), nnU-Net's loss."""
 
     gradient_clip_norm = None
-    #: CosineAnnealingLR's T_max, in epochs
-    cosine_t_max_epochs = 50
+    #: CosineAnnealingLR's T_max, in epochs; None: a sixth of the run, i.e. three full cycles whatever its length
+    cosine_t_max_epochs: int | None = 50
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -49,15 +51,32 @@ class PaperProtocol:
         self.enable_deep_supervision = False
         self.num_epochs = 300
 
-    def _build_loss(self):
-        return bce_dice_loss(self.label_manager, self.is_ddp)
+    @property
+    def cosine_period_epochs(self) -> int:
+        """T_max of the periodic cosine (half its period)."""
+        return self.cosine_t_max_epochs or max(1, round(self.num_epochs / 6))
 
     def build_lr_scheduler(self, optimizer):
-        return CosineAnnealingLRScheduler(optimizer, self.initial_lr, self.min_lr, self.cosine_t_max_epochs,
+        return CosineAnnealingLRScheduler(optimizer, self.initial_lr, self.min_lr, self.cosine_period_epochs,
                                           periodic=True)
+
+
+class PaperProtocol(PaperSchedule):
+    """The VM-UNet / DSVM-UNet papers' schedule and BceDice loss (see the module docstring)."""
+
+    def _build_loss(self):
+        return bce_dice_loss(self.label_manager, self.is_ddp)
 
     def on_train_start(self):
         if not os.environ.get(PRETRAINED_ENV_VAR, "").strip():
             self.print_to_log_file(f"note: the papers start from VMamba-S ImageNet weights; set {PRETRAINED_ENV_VAR} "
                                    f"to a local vmamba_small_e238_ema.pth to do the same (2D only)")
         super().on_train_start()
+
+
+class UltraLBMProtocol(PaperSchedule):
+    """UltraLBM-UNet's optimisation (LinLinLin-X/UltraLBM-UNet, configs/config_setting.py): AdamW 1e-3 / 1e-2,
+    CosineAnnealingLR to 1e-5 with T_max a sixth of the run (50 of its 300 epochs: three full cycles), no deep
+    supervision, no gradient clipping; nnU-Net's loss, augmentation and epochs of 250 iterations."""
+
+    cosine_t_max_epochs = None

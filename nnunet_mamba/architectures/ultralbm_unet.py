@@ -1,0 +1,475 @@
+"""UltraLBM-UNet and its distilled student UltraLBM-UNet-T (Fan et al., 2025), 2D as the official code, 3D ours.
+
+2D, as the official code builds it (LinLinLin-X/UltraLBM-UNet, ``models/UltraLBM_UNet.py`` at 0a99c43; layout in
+``../shared/specs/UltraLBM-UNet.md`` section 1):
+
+* widths ``max(4, (int(c * m) // 4) * 4)`` for c in (8, 16, 24, 32, 48, 64), m the channel multiplier
+  (1 for the network, 0.5 for the student "-T");
+* encoder: enc1-enc3 3x3 convs, enc4 LMBP (k 3), enc5 GLMBP (k 5), enc6 GLMBP (k 7); after enc1-enc5
+  GroupNorm -> max-pool -> GELU (their outputs t1..t5 are the skips), after enc6 GELU only;
+* decoder: dec1 GLMBP (k 7), dec2 GLMBP (k 5), dec3 LMBP (k 3), dec4/dec5 3x3 convs; after each GroupNorm ->
+  bilinear up-sampling (align_corners, none after dec1) -> GELU, then ``+ k * t`` with ONE learnable scalar k
+  for all five skips (a plain sum with ``learnable_skip=False``);
+* head: 1x1 conv at half resolution, then up-sampling to full resolution. Logits: the official sigmoid is left
+  to nnU-Net's loss and inference.
+
+GLMBP: tokens (raster order) -> LayerNorm -> four channel quarters x1..x4. x1 and x2 each go forward and reversed
+through ONE shared Mamba (d_model C/4, d_state 16, d_conv 4, expand 2), the results added; x3 through a
+depthwise-separable conv (DW k -> norm -> GELU -> PW 1x1 -> norm -> GELU, no biases); x4 is the identity. Every
+branch adds ``gamma * x_i`` (one scalar gamma per block); the concatenation goes through the same LayerNorm
+again and a Linear. LMBP: three separate depthwise-separable k3 branches and the identity. 34,166 parameters
+(3 input channels, one output), 10,956 for the student; the paper's 0.034 M / 0.011 M.
+
+The reversed pass. The paper (Eq. 3, Fig. 3d) flips the token sequence, so every token sees Mamba context from
+both directions: ``reverse="token"``, the default. The official code flips dim 2 of the (B, N, C/4) sequences,
+the *channels*: its "backward" pass is a second forward raster scan with permuted channels, and no token ever
+sees the tokens after it through Mamba. ``reverse="channel"`` reproduces that. The four Mamba passes of a block
+(x1, x2 and their reversals) run as one call with the sequences stacked along the batch axis, which gives the
+same values as four calls.
+
+Initialisation as the official ``_init_weights``: trunc-normal (std 0.02) on every Linear, Mamba's projections
+included, biases zero (so Mamba's ``dt_proj.bias`` is 0, an initial step softplus(0) = 0.69 instead of Mamba's
+[0.001, 0.1]); conv weights N(0, sqrt(2 / fan_out)), fan_out = kernel volume x out channels / groups, conv biases
+zero except Mamba's Conv1d (N(0, sqrt(2 / (k x out))), bias left at PyTorch's default). ``mamba_dt_init=True``
+keeps Mamba's own dt_proj initialisation instead.
+
+3D and nnU-Net plans (our design, not the paper's):
+
+* Conv3d, max-pool 3D and trilinear up-sampling (align_corners); tokens are the voxels in raster order (D, H, W)
+  and ``reverse="token"`` flips that sequence;
+* the five down-samplings take the plan's first five pooling strides per axis (stride 1 where the plan pools
+  fewer times; pooling and up-sampling are then skipped on that axis); up-sampling restores the matching size;
+* the plan's conv kernels make anisotropic blocks: an axis whose plan kernel is 1 at a resolution level gets
+  1 in that level's convs and depthwise kernels (the (1, k, k) case), every other axis the official kernel;
+* the depthwise-separable convs keep BatchNorm (official) or, with ``separable_norm="group"``, use GroupNorm
+  (the largest group count <= 4 that divides the channels), safer at nnU-Net's 3D batch of 2;
+* sizes not divisible by the total stride are zero-padded and the logits cropped back.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim, convert_dim_to_conv_op
+from torch import nn
+
+from nnunet_mamba.architectures.base import SegmentationNetwork
+from nnunet_mamba.architectures.light_m_unet import NoDeepSupervisionDecoder
+from nnunet_mamba.architectures.plans import conv_kernel_sizes_from_plan, strides_from_plan
+from nnunet_mamba.architectures.registry import register_network
+from nnunet_mamba.blocks.mamba import Mamba
+from nnunet_mamba.planning.activations import NUMBA_STATE_POSITIONS, layer_norm_saved_elements, tokens_after
+
+#: the official widths at channel multiplier 1
+BASE_WIDTHS = (8, 16, 24, 32, 48, 64)
+#: down-samplings (after enc1 .. enc5)
+NUM_POOLINGS = 5
+REVERSE_MODES = ("token", "channel")
+SEPARABLE_NORMS = ("batch", "group")
+#: channel groups of the network's GroupNorms: min(4, C)
+MAX_GROUPS = 4
+
+
+def widths_for(channel_multiplier: float) -> list[int]:
+    """The official widths for a channel multiplier: multiples of 4, at least 4."""
+    return [max(4, (int(c * channel_multiplier) // 4) * 4) for c in BASE_WIDTHS]
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(MAX_GROUPS, channels), channels)
+
+
+def _divisor_groups(channels: int) -> int:
+    """The largest group count <= 4 that divides ``channels`` (a quarter of 24 channels is 6: 3 groups)."""
+    return max(g for g in range(1, MAX_GROUPS + 1) if channels % g == 0)
+
+
+def _same_padding(kernel: Sequence[int]) -> tuple[int, ...]:
+    return tuple(k // 2 for k in kernel)
+
+
+class _ContiguousGradient(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient.
+
+    The gradient reaching a branch's map from the token layout is a transposed view. With batch 1 and a spatial
+    axis of size 1 its strides are ambiguous, and PyTorch's CPU BatchNorm backward (2D and 3D; seen with torch
+    2.14) returns a wrong input gradient for it (tests/test_ultralbm_unet.py shows it); a contiguous copy is right.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
+class DepthwiseSeparableConv(nn.Module):
+    """DW k^d conv -> norm -> GELU -> PW 1^d conv -> norm -> GELU, no biases (the official
+    ``DepthwiseSeparableConvBNAct`` with in = out channels)."""
+
+    def __init__(self, channels: int, kernel: Sequence[int], conv_op, norm: str):
+        super().__init__()
+        spatial_dims = convert_conv_op_to_dim(conv_op)
+        batch_norm = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
+
+        def make_norm() -> nn.Module:
+            return batch_norm(channels) if norm == "batch" else nn.GroupNorm(_divisor_groups(channels), channels)
+
+        self.dw = conv_op(channels, channels, tuple(kernel), padding=_same_padding(kernel), groups=channels,
+                          bias=False)
+        self.norm_dw = make_norm()
+        self.pw = conv_op(channels, channels, 1, bias=False)
+        self.norm_pw = make_norm()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ContiguousGradient.apply(F.gelu(self.norm_pw(self.pw(F.gelu(self.norm_dw(self.dw(x)))))))
+
+
+class MultiBranchBlock(nn.Module):
+    """The skeleton LMBP and GLMBP share, on a channels-first map ``(B, C_in, *S) -> (B, C_out, *S)``:
+    tokens -> LayerNorm -> four channel quarters -> branches (each ``+ gamma * x_i``) -> concatenation -> the same
+    LayerNorm -> Linear. Subclasses give :meth:`branch_outputs` (the branch results before ``+ gamma * x_i``)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        if in_channels % 4:
+            raise ValueError(f"{type(self).__name__} splits its input into four channel quarters: in_channels must "
+                             f"be a multiple of 4, got {in_channels}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.norm = nn.LayerNorm(in_channels)
+        self.proj = nn.Linear(in_channels, out_channels)
+        self.skip_scale = nn.Parameter(torch.ones(1))
+
+    def branch_outputs(self, quarters: tuple[torch.Tensor, ...], spatial: Sequence[int]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float16:  # as the official blocks: half inputs are promoted
+            x = x.float()
+        batch, channels, *spatial = x.shape
+        tokens = x.reshape(batch, channels, math.prod(spatial)).transpose(1, 2)
+        quarters = self.norm(tokens).chunk(4, dim=-1)
+        branches = self.branch_outputs(quarters, spatial) + [quarters[3]]  # x4: the identity branch
+        mixed = torch.cat([branch + self.skip_scale * quarter for branch, quarter in zip(branches, quarters)], dim=-1)
+        return self.proj(self.norm(mixed)).transpose(1, 2).reshape(batch, self.out_channels, *spatial)
+
+
+def _tokens_to_map(tokens: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *spatial)
+
+
+def _map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2).transpose(1, 2)
+
+
+class LMBP(MultiBranchBlock):
+    """Local multi-branch perception: three separate depthwise-separable conv branches and the identity."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: Sequence[int], conv_op, separable_norm: str):
+        super().__init__(in_channels, out_channels)
+        self.local = nn.ModuleList(DepthwiseSeparableConv(in_channels // 4, kernel, conv_op, separable_norm)
+                                   for _ in range(3))
+
+    def branch_outputs(self, quarters, spatial):
+        return [_map_to_tokens(conv(_tokens_to_map(q, spatial))) for conv, q in zip(self.local, quarters)]
+
+
+class GLMBP(MultiBranchBlock):
+    """Global-local multi-branch perception: x1, x2 through one shared Mamba forward and reversed (``reverse``:
+    "token" flips the sequence, "channel" the channels as the official code), x3 a depthwise-separable conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: Sequence[int], conv_op, separable_norm: str,
+                 reverse: str = "token", d_state: int = 16):
+        super().__init__(in_channels, out_channels)
+        self.reverse = reverse
+        self.mamba = Mamba(in_channels // 4, d_state=d_state, d_conv=4, expand=2)
+        self.local = DepthwiseSeparableConv(in_channels // 4, kernel, conv_op, separable_norm)
+
+    def global_branches(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``M(x) + flip(M(flip(x)))`` for x1 and x2: the four passes as one Mamba call stacked on the batch."""
+        axis = 1 if self.reverse == "token" else 2  # (B, N, C/4)
+        forward1, forward2, backward1, backward2 = self.mamba(
+            torch.cat([x1, x2, x1.flip(axis), x2.flip(axis)], dim=0)).chunk(4, dim=0)
+        return forward1 + backward1.flip(axis), forward2 + backward2.flip(axis)
+
+    def branch_outputs(self, quarters, spatial):
+        global1, global2 = self.global_branches(quarters[0], quarters[1])
+        return [global1, global2, _map_to_tokens(self.local(_tokens_to_map(quarters[2], spatial)))]
+
+
+def _pool(x: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
+    if all(s == 1 for s in stride):
+        return x
+    return (F.max_pool2d if x.dim() == 4 else F.max_pool3d)(x, stride, stride)
+
+
+def _upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bi-/trilinear with align_corners to ``size`` (the official x2 where the plan pools by 2; with
+    align_corners the result depends on the sizes only)."""
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear" if x.dim() == 4 else "trilinear", align_corners=True)
+
+
+class UltraLBMEncoder(nn.Module):
+    """enc1..enc6; returns the skips t1..t5 (post-pool, post-GELU) and the bottleneck."""
+
+    def __init__(self, input_channels, widths, strides, level_kernels, conv_op, block_options):
+        super().__init__()
+        w = widths
+        self.strides = strides
+        self.stages = nn.ModuleList([
+            conv_op(input_channels, w[0], level_kernels[0], padding=_same_padding(level_kernels[0])),
+            conv_op(w[0], w[1], level_kernels[1], padding=_same_padding(level_kernels[1])),
+            conv_op(w[1], w[2], level_kernels[2], padding=_same_padding(level_kernels[2])),
+            LMBP(w[2], w[3], _depthwise_kernel(level_kernels[3], 3), conv_op, block_options["separable_norm"]),
+            GLMBP(w[3], w[4], _depthwise_kernel(level_kernels[4], 5), conv_op, **block_options),
+            GLMBP(w[4], w[5], _depthwise_kernel(level_kernels[5], 7), conv_op, **block_options),
+        ])
+        self.norms = nn.ModuleList(_group_norm(c) for c in w[:5])
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        skips = []
+        for stage, norm, stride in zip(self.stages, self.norms, self.strides):
+            x = F.gelu(_pool(norm(stage(x)), stride))
+            skips.append(x)
+        return skips, F.gelu(self.stages[5](x))
+
+
+class UltraLBMDecoder(NoDeepSupervisionDecoder):
+    """dec1..dec5 with the scalar-weighted skip sums, and the 1x1 head (``seg_layers[0]``)."""
+
+    def __init__(self, widths, num_classes, level_kernels, conv_op, block_options, learnable_skip: bool):
+        super().__init__()
+        w = widths
+        self.stages = nn.ModuleList([
+            GLMBP(w[5], w[4], _depthwise_kernel(level_kernels[5], 7), conv_op, **block_options),
+            GLMBP(w[4], w[3], _depthwise_kernel(level_kernels[5], 5), conv_op, **block_options),
+            LMBP(w[3], w[2], _depthwise_kernel(level_kernels[4], 3), conv_op, block_options["separable_norm"]),
+            conv_op(w[2], w[1], level_kernels[3], padding=_same_padding(level_kernels[3])),
+            conv_op(w[1], w[0], level_kernels[2], padding=_same_padding(level_kernels[2])),
+        ])
+        self.norms = nn.ModuleList(_group_norm(c) for c in (w[4], w[3], w[2], w[1], w[0]))
+        self.skip_weight = nn.Parameter(torch.ones(())) if learnable_skip else None
+        self.seg_layers = nn.ModuleList([conv_op(w[0], num_classes, 1)])
+
+    def forward(self, skips: list[torch.Tensor], bottleneck: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
+        x = bottleneck
+        for stage, norm, skip in zip(self.stages, self.norms, reversed(skips)):
+            x = F.gelu(_upsample(norm(stage(x)), skip.shape[2:]))
+            x = x + (skip if self.skip_weight is None else self.skip_weight * skip)
+        return _upsample(self.seg_layers[0](x), output_size)
+
+
+def _depthwise_kernel(level_kernel: Sequence[int], size: int) -> tuple[int, ...]:
+    """The block's kernel on every axis the plan convolves at this level, 1 where the plan's kernel is 1."""
+    return tuple(1 if k == 1 else size for k in level_kernel)
+
+
+@register_network("ultralbm_unet", dims=(2, 3),
+                  description="UltraLBM-UNet (Fan et al. 2025): 34k-parameter UNet of conv, LMBP and bidirectional "
+                              "Mamba GLMBP blocks",
+                  small_overrides={})
+class UltraLBMUNet(SegmentationNetwork):
+    """UltraLBM-UNet for 2D (``conv_op=nn.Conv2d``) and 3D (``conv_op=nn.Conv3d``); one output (logits), no deep
+    supervision. The design and what of it is ours are in the module docstring.
+
+    Args:
+        input_channels: image channels (modalities).
+        num_classes: output channels (logits; the official network has one, followed by a sigmoid).
+        conv_op: ``nn.Conv2d`` or ``nn.Conv3d``.
+        strides: the five down-samplings (after enc1..enc5), each an int or one int per axis; up-sampling undoes
+            each by the same factor.
+        kernel_sizes: per resolution level 0..5 (level l: after l down-samplings), an int or one per axis; the
+            convs use it, the depthwise kernels take 1 on its axes of size 1. None: 3 everywhere (official).
+        input_shape: the training patch size, if known: checked against the total stride.
+        channel_multiplier: width factor (0.5: the student UltraLBM-UNet-T).
+        widths: the six widths instead of ``channel_multiplier`` (multiples of 4).
+        reverse: the reversed Mamba pass of GLMBP: "token" (the paper, bidirectional) or "channel" (the official
+            code's channel flip, forward-only).
+        learnable_skip: one learnable scalar k on the skips (official); False: plain sums.
+        separable_norm: norm of the depthwise-separable convs, "batch" (official) or "group".
+        mamba_dt_init: keep Mamba's own dt_proj initialisation (the official init zeroes dt_proj.bias).
+        d_state: SSM state size (16).
+        deep_supervision: must be False; the network has a single output.
+    """
+
+    supports_deep_supervision = False
+
+    def __init__(
+        self,
+        input_channels: int,
+        num_classes: int,
+        conv_op: type[nn.Module] = nn.Conv2d,
+        strides: Sequence[int | Sequence[int]] = (2,) * NUM_POOLINGS,
+        kernel_sizes: Sequence[int | Sequence[int]] | None = None,
+        input_shape: Sequence[int] | None = None,
+        channel_multiplier: float = 1.0,
+        widths: Sequence[int] | None = None,
+        reverse: str = "token",
+        learnable_skip: bool = True,
+        separable_norm: str = "batch",
+        mamba_dt_init: bool = False,
+        d_state: int = 16,
+        deep_supervision: bool = False,
+    ):
+        super().__init__(conv_op)
+        self.check_deep_supervision_request(deep_supervision)
+        name = type(self).__name__
+        if reverse not in REVERSE_MODES:
+            raise ValueError(f"{name} reverse must be one of {', '.join(map(repr, REVERSE_MODES))} (\"token\": the "
+                             f"paper's bidirectional scan; \"channel\": the official code's channel flip), "
+                             f"got {reverse!r}")
+        if separable_norm not in SEPARABLE_NORMS:
+            raise ValueError(f"{name} separable_norm must be one of {', '.join(map(repr, SEPARABLE_NORMS))}, "
+                             f"got {separable_norm!r}")
+        if widths is None:
+            if not channel_multiplier > 0:
+                raise ValueError(f"{name} channel_multiplier must be > 0, got {channel_multiplier}")
+            widths = widths_for(channel_multiplier)
+        widths = [int(w) for w in widths]
+        if len(widths) != len(BASE_WIDTHS) or any(w < 4 or w % 4 for w in widths):
+            raise ValueError(f"{name} widths must be {len(BASE_WIDTHS)} positive multiples of 4 (its blocks split "
+                             f"channels into quarters), got {widths}")
+        if len(strides) != NUM_POOLINGS:
+            raise ValueError(f"{name} needs {NUM_POOLINGS} strides (one per down-sampling), got {len(strides)}")
+        self.strides = [self.per_axis(1)] + [self.per_axis(s) for s in strides]
+        if input_shape is not None:
+            self.check_input_shape(input_shape)
+        self.level_kernels = self._level_kernels(kernel_sizes)
+        self.widths = widths
+        self.channel_multiplier = channel_multiplier
+        block_options = {"separable_norm": separable_norm, "reverse": reverse, "d_state": d_state}
+        self.encoder = UltraLBMEncoder(input_channels, widths, self.strides[1:], self.level_kernels, conv_op,
+                                       block_options)
+        self.decoder = UltraLBMDecoder(widths, num_classes, self.level_kernels, conv_op, block_options,
+                                       learnable_skip)
+        self.apply(_official_init)
+        if mamba_dt_init:
+            for module in self.modules():
+                if isinstance(module, Mamba):
+                    module.reset_ssm_parameters()
+        self.key_to_encoder = "encoder"
+        self.key_to_stem = "encoder.stages.0"
+        self.keys_to_in_proj = ("encoder.stages.0",)
+
+    def _level_kernels(self, kernel_sizes) -> list[tuple[int, ...]]:
+        if kernel_sizes is None:
+            return [(3,) * self.spatial_dims] * (NUM_POOLINGS + 1)
+        if len(kernel_sizes) != NUM_POOLINGS + 1:
+            raise ValueError(f"{type(self).__name__} kernel_sizes needs one entry per resolution level "
+                             f"({NUM_POOLINGS + 1}), got {len(kernel_sizes)}")
+        kernels = [self.per_axis(k) for k in kernel_sizes]  # same shape rules as strides
+        if any(k % 2 == 0 for kernel in kernels for k in kernel):
+            raise ValueError(f"{type(self).__name__} kernel sizes must be odd ('same' padding), got "
+                             f"{[list(k) for k in kernels]}")
+        return kernels
+
+    @classmethod
+    def from_plan(cls, configuration_manager, num_input_channels: int, num_output_channels: int,
+                  deep_supervision: bool, **overrides) -> "UltraLBMUNet":
+        """The plan's first five pooling strides (stride 1 where it pools fewer times) and, per resolution level,
+        its conv kernels (the deepest stage's where the plan has fewer stages)."""
+        cls.check_deep_supervision_request(deep_supervision)
+        input_shape = [int(p) for p in configuration_manager.patch_size]
+        spatial_dims = len(input_shape)
+        plan_kernels = conv_kernel_sizes_from_plan(configuration_manager, spatial_dims)
+        kwargs = {
+            "conv_op": convert_dim_to_conv_op(spatial_dims),
+            "input_shape": input_shape,
+            "strides": strides_from_plan(configuration_manager.pool_op_kernel_sizes, spatial_dims,
+                                         (1,) * NUM_POOLINGS),
+            "kernel_sizes": None if plan_kernels is None else
+            [plan_kernels[min(level, len(plan_kernels) - 1)] for level in range(NUM_POOLINGS + 1)],
+        } | overrides
+        return cls(num_input_channels, num_output_channels, deep_supervision=deep_supervision, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = x.shape[2:]
+        padded = self.pad_to_total_stride(x)
+        logits = self.decoder(*self.encoder(padded), padded.shape[2:])
+        return logits if padded.shape == x.shape else self.crop_outputs(logits, spatial)
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Activation elements one training forward pass of one sample saves for backward.
+
+        Per level: each conv keeps its input; each GroupNorm its input; a max-pool its input and indices; each
+        GELU its input; each skip t is kept once (by ``k * t`` and the next conv); the blocks as
+        :func:`multi_branch_block_saved_elements` counts them; the head keeps its input.
+        """
+        if len(input_size) != self.spatial_dims:
+            raise ValueError(f"input size {list(input_size)} does not match {self.spatial_dims}D")
+        voxels = tokens_after(input_size, self.strides)  # levels 0..5
+        w = self.widths
+        total = self.encoder.stages[0].in_channels * voxels[0]
+        for level, stage in enumerate(self.encoder.stages[:5]):
+            if isinstance(stage, MultiBranchBlock):
+                total += multi_branch_block_saved_elements(stage, voxels[level])
+            pooled = voxels[level + 1] != voxels[level]
+            # GroupNorm and max-pool inputs (or the GELU's without pooling), indices, the GELU input, the skip
+            total += w[level] * ((2 if pooled else 1) * voxels[level] + (3 if pooled else 2) * voxels[level + 1])
+        total += multi_branch_block_saved_elements(self.encoder.stages[5], voxels[5]) + w[5] * voxels[5]
+        decoder_levels = (5, 5, 4, 3, 2)  # where dec1..dec5 run; each hands on to the next level (dec1: same)
+        for stage, level, target in zip(self.decoder.stages, decoder_levels, (5, 4, 3, 2, 1)):
+            out_channels = stage.out_channels
+            if isinstance(stage, MultiBranchBlock):
+                total += multi_branch_block_saved_elements(stage, voxels[level])
+            else:
+                total += stage.in_channels * voxels[level]
+            total += out_channels * (voxels[level] + voxels[target])  # GroupNorm input, GELU input
+        return int(total + w[0] * voxels[1])  # the head's input
+
+
+def multi_branch_block_saved_elements(block: MultiBranchBlock, tokens: int) -> int:
+    """An LMBP or GLMBP on ``tokens`` tokens (one sample), as read off a real forward pass.
+
+    Per token, with C input channels and quarters of q = C / 4: the LayerNorm's contiguous input, its output,
+    the concatenation and its norm (C each) and the statistics of both norms; per depthwise-separable branch
+    five maps of q (its input, the two norms' inputs, the two GELUs' inputs). GLMBP's one Mamba call on four
+    sequences of d_model q (E = 2q inner channels, rank R, N states) keeps per sequence token in_proj's output
+    (2E), x_proj's (R + 2N) and five E-wide maps (the causal conv's output, its SiLU, delta, the scan's output,
+    the gated product), and the stacked input (C); besides, A (twice E N) and the scan's chunk states.
+    """
+    channels = block.in_channels
+    quarter = channels // 4
+    norms = 2 * layer_norm_saved_elements(channels, tokens) + 2 * channels * tokens
+    if isinstance(block, LMBP):
+        return norms + 3 * 5 * quarter * tokens
+    mamba = block.mamba
+    inner, rank, states = mamba.d_inner, mamba.dt_rank, mamba.d_state
+    sequences = 4
+    per_sequence_token = 2 * inner + rank + 2 * states + 5 * inner
+    chunk_starts = math.ceil(tokens / max(1, NUMBA_STATE_POSITIONS // states))
+    return (norms + 5 * quarter * tokens + channels * tokens + sequences * tokens * per_sequence_token
+            + 2 * inner * states + sequences * chunk_starts * states * inner)
+
+
+@register_network("ultralbm_unet_t", dims=(2, 3),
+                  description="UltraLBM-UNet-T (Fan et al. 2025): the half-width distillation student, 11k parameters",
+                  small_overrides={})
+class UltraLBMUNetT(UltraLBMUNet):
+    """UltraLBM-UNet-T, the student of the paper's distillation: UltraLBM-UNet at channel multiplier 0.5."""
+
+    def __init__(self, *args, channel_multiplier: float = 0.5, **kwargs):
+        super().__init__(*args, channel_multiplier=channel_multiplier, **kwargs)
+
+
+@torch.no_grad()
+def _official_init(module: nn.Module) -> None:
+    """The official ``_init_weights`` (spec 1.5), for 2D and 3D convs alike."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            module.bias.zero_()
+    elif isinstance(module, nn.Conv1d):
+        module.weight.normal_(0, math.sqrt(2.0 / (module.kernel_size[0] * module.out_channels)))
+    elif isinstance(module, (nn.Conv2d, nn.Conv3d)):
+        fan_out = math.prod(module.kernel_size) * module.out_channels // module.groups
+        module.weight.normal_(0, math.sqrt(2.0 / fan_out))
+        if module.bias is not None:
+            module.bias.zero_()

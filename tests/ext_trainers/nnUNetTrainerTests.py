@@ -1,0 +1,92 @@
+"""Test trainers found by nnU-Net through nnUNet_extTrainer (a second folder next to ours), on one test schedule.
+
+The schedule is the quick CPU one with epochs from NNUNET_MAMBA_TEST_EPOCHS (and iterations from
+NNUNET_MAMBA_TEST_ITERATIONS when set), so that a test can stop a run and resume it with ``--c`` under the same
+trainer name (the name decides the output folder). NNUNET_MAMBA_TEST_KILL_AT="EPOCH:ITERATION" kills the process
+with SIGKILL at that training iteration: a run interrupted the hard way, mid-epoch.
+"""
+import os
+import signal
+
+import torch
+
+from nnunet_mamba.training import (
+    DualSelfDistillationTrainer,
+    EncoderFreeze,
+    HybridDistillationTrainer,
+    LightMUNetProtocol,
+    MambaTrainerBase,
+    QuickCPURun,
+    UltraLBMProtocol,
+)
+
+
+class _TestSchedule(QuickCPURun):
+    iterations_per_epoch = 25
+    val_iterations_per_epoch = 4
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = int(os.environ.get("NNUNET_MAMBA_TEST_EPOCHS", "4"))
+        self.num_iterations_per_epoch = int(os.environ.get("NNUNET_MAMBA_TEST_ITERATIONS", self.iterations_per_epoch))
+        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+        kill_at = os.environ.get("NNUNET_MAMBA_TEST_KILL_AT")
+        self._kill_at = tuple(int(v) for v in kill_at.split(":")) if kill_at else None
+        self._iteration = 0
+
+    def on_train_epoch_start(self):
+        self._iteration = 0
+        super().on_train_epoch_start()
+
+    def train_step(self, batch: dict) -> dict:
+        if self._kill_at == (self.current_epoch, self._iteration):
+            os.kill(os.getpid(), signal.SIGKILL)
+        self._iteration += 1
+        return super().train_step(batch)
+
+
+class nnUNetTrainerVMUNetTest(_TestSchedule, MambaTrainerBase):
+    network_name = "vm_unet"
+
+
+class nnUNetTrainerDSVMUNetTest(_TestSchedule, DualSelfDistillationTrainer):
+    network_name = "vm_unet"
+    iterations_per_epoch = 10
+    val_iterations_per_epoch = 2
+
+
+class nnUNetTrainerLightMUNetTest(_TestSchedule, LightMUNetProtocol, MambaTrainerBase):
+    """The official LightM-UNet protocol (Adam, poly, no deep supervision, float32) on the small LightM-UNet."""
+
+    network_name = "light_m_unet"
+    val_iterations_per_epoch = 2
+
+
+class _SwinUMambaTest(_TestSchedule, EncoderFreeze, MambaTrainerBase):
+    """A pretrained encoder frozen for the first 2 epochs."""
+
+    encoder_freeze_epochs = 2
+    val_iterations_per_epoch = 1
+
+
+class nnUNetTrainerSwinUMambaTest(_SwinUMambaTest):
+    network_name = "swin_umamba"
+
+
+class nnUNetTrainerSwinUMambaDTest(_SwinUMambaTest):
+    network_name = "swin_umamba_d"
+
+
+class nnUNetTrainerUltraLBMUNetTest(_TestSchedule, UltraLBMProtocol, MambaTrainerBase):
+    """The UltraLBM-UNet teacher with the paper's optimisation."""
+
+    network_name = "ultralbm_unet"
+    val_iterations_per_epoch = 2
+
+
+class nnUNetTrainerUltraLBMUNetTTest(_TestSchedule, UltraLBMProtocol, HybridDistillationTrainer):
+    """The -T student with hybrid distillation from NNUNET_MAMBA_TEACHER."""
+
+    network_name = "ultralbm_unet_t"
+    val_iterations_per_epoch = 2
