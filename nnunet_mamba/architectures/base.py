@@ -174,6 +174,19 @@ class SegmentationNetwork(AbstractDynamicNetworkArchitectures):
                     break
 
 
+class NoDeepSupervisionDecoder(nn.Module):
+    """Decoder with one output. ``deep_supervision`` reads False and ignores writes, so nnU-Net's
+    ``set_deep_supervision_enabled`` (which writes True after its final validation) works unchanged."""
+
+    @property
+    def deep_supervision(self) -> bool:
+        return False
+
+    @deep_supervision.setter
+    def deep_supervision(self, enabled: bool) -> None:
+        pass
+
+
 class LevelFeatureNetwork:
     """Capability: level features f_1..f_M of encoder and decoder, for feature distillation.
 

@@ -32,7 +32,7 @@ import torch
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim, convert_dim_to_conv_op
 from torch import nn
 
-from nnunet_mamba.architectures.base import SegmentationNetwork
+from nnunet_mamba.architectures.base import NoDeepSupervisionDecoder, SegmentationNetwork
 from nnunet_mamba.architectures.plans import strides_from_plan
 from nnunet_mamba.architectures.registry import register_network
 from nnunet_mamba.blocks.mamba import Mamba
@@ -158,19 +158,6 @@ class LightMUNetEncoder(nn.Module):
             x = stage(transition(x))
             levels.append(x)
         return levels
-
-
-class NoDeepSupervisionDecoder(nn.Module):
-    """Decoder with one output. ``deep_supervision`` reads False and ignores writes, so nnU-Net's
-    ``set_deep_supervision_enabled`` (which writes True after its final validation) works unchanged."""
-
-    @property
-    def deep_supervision(self) -> bool:
-        return False
-
-    @deep_supervision.setter
-    def deep_supervision(self, enabled: bool) -> None:
-        pass
 
 
 class LightMUNetDecoder(NoDeepSupervisionDecoder):

@@ -55,8 +55,7 @@ import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim, convert_dim_to_conv_op
 from torch import nn
 
-from nnunet_mamba.architectures.base import SegmentationNetwork
-from nnunet_mamba.architectures.light_m_unet import NoDeepSupervisionDecoder
+from nnunet_mamba.architectures.base import NoDeepSupervisionDecoder, SegmentationNetwork
 from nnunet_mamba.architectures.plans import conv_kernel_sizes_from_plan, strides_from_plan
 from nnunet_mamba.architectures.registry import register_network
 from nnunet_mamba.blocks.mamba import Mamba

@@ -6,8 +6,10 @@ trainer name (the name decides the output folder). NNUNET_MAMBA_TEST_KILL_AT="EP
 with SIGKILL at that training iteration: a run interrupted the hard way, mid-epoch.
 """
 import os
+import random
 import signal
 
+import numpy as np
 import torch
 
 from nnunet_mamba.training import (
@@ -24,9 +26,16 @@ from nnunet_mamba.training import (
 class _TestSchedule(QuickCPURun):
     iterations_per_epoch = 25
     val_iterations_per_epoch = 4
+    #: seeds weights, sampling and augmentation (nnU-Net seeds nothing) where a test's few iterations need a run
+    #: that is known to learn; None leaves them random
+    seed: int | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        if self.seed is not None:
+            random.seed(self.seed)
+            np.random.seed(self.seed)
+            torch.manual_seed(self.seed)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = int(os.environ.get("NNUNET_MAMBA_TEST_EPOCHS", "4"))
         self.num_iterations_per_epoch = int(os.environ.get("NNUNET_MAMBA_TEST_ITERATIONS", self.iterations_per_epoch))
@@ -57,10 +66,12 @@ class nnUNetTrainerDSVMUNetTest(_TestSchedule, DualSelfDistillationTrainer):
 
 
 class nnUNetTrainerLightMUNetTest(_TestSchedule, LightMUNetProtocol, MambaTrainerBase):
-    """The official LightM-UNet protocol (Adam, poly, no deep supervision, float32) on the small LightM-UNet."""
+    """The official LightM-UNet protocol (Adam, poly, no deep supervision, float32) on the small LightM-UNet.
+    Seeded: from some random starts its 75 test iterations learn nothing (Dice 0 in one CI run)."""
 
     network_name = "light_m_unet"
     val_iterations_per_epoch = 2
+    seed = 0
 
 
 class _SwinUMambaTest(_TestSchedule, EncoderFreeze, MambaTrainerBase):
