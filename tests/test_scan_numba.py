@@ -186,12 +186,56 @@ def test_many_blocks_chunks_and_threads_match_reference(monkeypatch, threads):
         assert_close(grads[name], ref_grads[name], f"grad of {name}")
 
 
-@pytest.mark.parametrize("batch,groups,per_group,threads", [
-    (1, 4, 48, 2), (1, 1, 192, 2), (2, 6, 192, 16), (1, 1, 3, 8), (1, 1, 1, 2), (1, 3, 50, 2), (4, 4, 768, 1),
+@requires_numba
+@pytest.mark.parametrize("batch,dim,d_state,seq_len,groups", [
+    pytest.param(1, 96, 16, 300, 2, id="blocks-of-48-N16"),  # whole 8 x 8 transposes, and their edges
+    pytest.param(2, 64, 80, 70, 1, id="N80-narrower-blocks"),  # 80 states: blocks cut to fit the stack
+    pytest.param(1, 40, 5, 9, 1, id="N5-L9"),  # a state left over after the groups of four
 ])
-def test_channel_blocks_cover_every_channel_with_work_for_every_thread(batch, groups, per_group, threads):
-    width, blocks = scan_numba.channel_blocks(batch, groups, per_group, threads)
-    assert 1 <= width <= scan_numba.MAX_BLOCK_WIDTH
+def test_wide_blocks_and_many_states_match_reference(batch, dim, d_state, seq_len, groups):
+    """The kernels' 8 x 8 transposes and stack buffers at the block widths real networks use (the shared
+    cases above are a few channels wide)."""
+    inputs = make_inputs(batch, dim, d_state, seq_len, groups)
+    grad_out = torch.randn(batch, dim, seq_len, generator=torch.Generator().manual_seed(3))
+    out, grads = run_with_grads(selective_scan, inputs, INPUT_NAMES, grad_out, torch.float32,
+                                delta_softplus=True, backend="numba")
+    ref_out, ref_grads = run_with_grads(reference_scan, inputs, INPUT_NAMES, grad_out, torch.float64,
+                                        delta_softplus=True)
+    assert_close(out, ref_out, "output")
+    for name in INPUT_NAMES:
+        assert_close(grads[name], ref_grads[name], f"grad of {name}")
+    with torch.no_grad():
+        assert_close(selective_scan(**inputs, delta_softplus=True, backend="numba"), ref_out, "no_grad output")
+
+
+@requires_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows,cols", [(1, 1), (8, 8), (13, 21), (16, 40), (3, 64), (64, 5)])
+def test_blocked_transpose_matches_numpy(dtype, rows, cols):
+    kernels = scan_numba._get_kernels()
+    wide = np.random.default_rng(0).standard_normal((rows + 2, cols + 7)).astype(dtype)
+    source = wide[1:rows + 1, 3:cols + 3]  # a view whose rows are contiguous but not adjacent
+    target = np.full((cols + 1, rows + 9), -1.0, dtype)
+    kernels._transpose(source, rows, cols, target)
+    np.testing.assert_array_equal(target[:cols, :rows], source.T)
+    assert (target[cols:] == -1).all() and (target[:, rows:] == -1).all()  # nothing written outside
+
+
+@requires_numba
+def test_too_many_states_for_the_numba_scan_name_the_state_size():
+    inputs = make_inputs(1, 2, 4097, 3, 1)
+    with pytest.raises(ValueError, match=r"N = 4097.*NNUNET_MAMBA_SCAN=torch"):
+        selective_scan(**inputs, backend="numba")
+
+
+@pytest.mark.parametrize("batch,groups,per_group,threads,max_width", [
+    (1, 4, 48, 2, None), (1, 1, 192, 2, None), (2, 6, 192, 16, None), (1, 1, 3, 8, None), (1, 1, 1, 2, None),
+    (1, 3, 50, 2, None), (4, 4, 768, 1, None), (1, 1, 192, 2, 51), (1, 2, 100, 1, 4),
+])
+def test_channel_blocks_cover_every_channel_with_work_for_every_thread(batch, groups, per_group, threads,
+                                                                       max_width):
+    width, blocks = scan_numba.channel_blocks(batch, groups, per_group, threads, max_width)
+    assert 1 <= width <= (max_width or scan_numba.MAX_BLOCK_WIDTH)
     assert (blocks - 1) * width < per_group <= blocks * width  # every channel, no empty block
     if width > 8:
         assert width % 8 == 0  # whole SIMD vectors

@@ -34,7 +34,8 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import carray, njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
@@ -109,6 +110,112 @@ def _bits_of_float32(typingctx, value):
         return builder.bitcast(args[0], ir.IntType(32))
 
     return types.int32(value), codegen
+
+
+# Capacities of the forward's stack buffers (see _stack_buffer): a block's states and decay rates
+# (N x channels values each) and its per-position rows (one value per channel). Blocks are chosen so that
+# they fit (``scan_numba.channel_blocks``).
+STACK_CHANNELS = 64
+STACK_STATE_VALUES = 64 * STACK_CHANNELS
+
+
+@intrinsic
+def _stack_buffer(typingctx, size, like):
+    """A pointer to ``size`` (a literal) uninitialised values of ``like``'s type on the calling function's
+    stack frame (an alloca in its entry block, so one per call however often this runs).
+
+    Why not np.empty: LLVM cannot tell two heap arrays apart, so around every vectorised loop that writes
+    one and reads others it emits runtime overlap checks, and in the scan's loop over a block's channels,
+    run N / 4 times per position, those checks cost a quarter of the kernel. Distinct stack slots provably
+    never overlap, and the checks go."""
+    if not isinstance(size, types.IntegerLiteral) or not isinstance(like, types.Float):
+        return None
+    count = size.literal_value
+
+    def codegen(context, builder, signature, args):
+        element = context.get_value_type(like)
+        slot = cgutils.alloca_once(builder, ir.ArrayType(element, count))
+        slot.align = 32  # whole AVX vectors
+        return builder.bitcast(slot, element.as_pointer())
+
+    return types.CPointer(like)(size, like), codegen
+
+
+# shufflevector masks of an 8 x 8 transpose in AVX registers: unpack within 128-bit lanes, pair those
+# up, then swap 128-bit halves
+_UNPACK_MASKS = ((0, 8, 1, 9, 4, 12, 5, 13), (2, 10, 3, 11, 6, 14, 7, 15))
+_PAIR_MASKS = ((0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15))
+_HALF_MASKS = ((0, 1, 2, 3, 8, 9, 10, 11), (4, 5, 6, 7, 12, 13, 14, 15))
+
+
+@intrinsic
+def _transpose_tile8_float32(typingctx, src, src_row, src_col, dst, dst_row, dst_col):
+    """dst[dst_row + c, dst_col + r] = src[src_row + r, src_col + c] for r, c < 8, float32 2-D arrays with
+    contiguous rows: eight vector loads, 24 shuffles, eight vector stores. A loop doing the same moves one
+    value per load and store (LLVM vectorises neither side of a transpose), and the kernels transpose every
+    input and output between (channel, position) and (position, channel)."""
+    if not all(isinstance(a, types.Array) and a.ndim == 2 and a.dtype == types.float32 for a in (src, dst)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        src_value, first_row, first_col, dst_value, out_row, out_col = args
+        vector = ir.VectorType(ir.FloatType(), 8)
+
+        def row_pointer(array_type, array_value, row, col, k):
+            array = context.make_array(array_type)(context, builder, array_value)
+            index = builder.add(row, ir.Constant(row.type, k))
+            element = cgutils.get_item_pointer(context, builder, array_type, array, [index, col])
+            return builder.bitcast(element, vector.as_pointer())
+
+        def shuffle(a, b, mask):
+            lanes = ir.Constant(ir.VectorType(ir.IntType(32), 8), [ir.Constant(ir.IntType(32), m) for m in mask])
+            return builder.shuffle_vector(a, b, lanes)
+
+        rows = [builder.load(row_pointer(src, src_value, first_row, first_col, k), align=4) for k in range(8)]
+        unpacked = []
+        for k in range(0, 8, 2):
+            unpacked += [shuffle(rows[k], rows[k + 1], mask) for mask in _UNPACK_MASKS]
+        paired = []
+        for first, second in ((0, 2), (1, 3), (4, 6), (5, 7)):
+            paired += [shuffle(unpacked[first], unpacked[second], mask) for mask in _PAIR_MASKS]
+        columns = [shuffle(paired[k], paired[k + 4], mask) for mask in _HALF_MASKS for k in range(4)]
+        for k in range(8):
+            builder.store(columns[k], row_pointer(dst, dst_value, out_row, out_col, k), align=4)
+        return context.get_dummy_value()
+
+    return types.void(src, src_row, src_col, dst, dst_row, dst_col), codegen
+
+
+def transpose_tile8_(src, src_row, src_col, dst, dst_row, dst_col):
+    """An 8 x 8 block of ``src`` transposed into ``dst`` (jitted code only)."""
+    raise NotImplementedError("transpose_tile8_ is only callable from numba-compiled code")
+
+
+@overload(transpose_tile8_, jit_options=HELPER_OPTIONS)
+def _transpose_tile8_overload(src, src_row, src_col, dst, dst_row, dst_col):
+    if src.dtype == types.float32 and dst.dtype == types.float32:
+        return lambda src, src_row, src_col, dst, dst_row, dst_col: _transpose_tile8_float32(
+            src, src_row, src_col, dst, dst_row, dst_col)
+
+    def transpose_tile8(src, src_row, src_col, dst, dst_row, dst_col):  # float64: gradcheck only
+        for r in range(8):
+            for c in range(8):
+                dst[dst_row + c, dst_col + r] = src[src_row + r, src_col + c]
+
+    return transpose_tile8
+
+
+@njit(**HELPER_OPTIONS)
+def _transpose(src, rows, cols, dst):
+    """dst[c, r] = src[r, c] for r < rows, c < cols (2-D arrays with contiguous rows)."""
+    full_rows = rows - rows % 8
+    full_cols = cols - cols % 8
+    for r in range(0, full_rows, 8):
+        for c in range(0, full_cols, 8):
+            transpose_tile8_(src, r, c, dst, c, r)
+    for r in range(rows):
+        for c in range(full_cols if r < full_rows else 0, cols):
+            dst[c, r] = src[r, c]
 
 
 @njit(**HELPER_OPTIONS)
@@ -254,36 +361,35 @@ def _sigmoid_overload(v):
 
 
 @njit(**HELPER_OPTIONS)
-def _load_steps(u, delta, delta_bias, has_bias, apply_softplus, b, first, width, begin, stop, dt, du, row):
+def _load_steps(u, delta, delta_bias, has_bias, apply_softplus, b, first, width, begin, stop, dt, du, steps_by_channel,
+                drives_by_channel):
     """dt[i, j] = softplus(delta + bias) (or delta + bias) and du = dt * u at position begin + i of channel
     first + j, into the (position, channel) layout.
 
-    The arithmetic runs along one channel's positions into the contiguous scratch ``row``, where it
-    vectorises; only then are the values scattered into the layout (a loop doing both does not vectorise,
-    and costs as much as the scan itself). Flags are tested outside the loops, here and in the kernels:
-    every flag tested inside a vectorised loop doubles the code LLVM generates for it, and with it the
-    compile time."""
+    The arithmetic runs along each channel's positions into the (channel, position) scratch arrays, where
+    it vectorises, and is then transposed in 8 x 8 blocks. Flags are tested outside the loops, here and in
+    the kernels: every flag tested inside a vectorised loop doubles the code LLVM generates for it, and with
+    it the compile time."""
     for j in range(width):
         d = first + j
         bias = delta_bias[d] if has_bias else u.dtype.type(0)
         if apply_softplus:
             for t in range(begin, stop):
-                row[t - begin] = softplus_(delta[b, d, t] + bias)
+                steps_by_channel[j, t - begin] = softplus_(delta[b, d, t] + bias)
         else:
             for t in range(begin, stop):
-                row[t - begin] = delta[b, d, t] + bias
+                steps_by_channel[j, t - begin] = delta[b, d, t] + bias
         for t in range(begin, stop):
-            dt[t - begin, j] = row[t - begin]
-            du[t - begin, j] = row[t - begin] * u[b, d, t]
+            drives_by_channel[j, t - begin] = steps_by_channel[j, t - begin] * u[b, d, t]
+    _transpose(steps_by_channel, width, stop - begin, dt)
+    _transpose(drives_by_channel, width, stop - begin, du)
 
 
 @njit(**HELPER_OPTIONS)
 def _load_group_rows(B, b, g, begin, stop, rows):
     """rows[i, n] = B[b, g, n, begin + i]: a chunk of a group's B (or C), the N values of a position next
-    to each other (read along positions, where B is contiguous)."""
-    for n in range(B.shape[2]):
-        for t in range(begin, stop):
-            rows[t - begin, n] = B[b, g, n, t]
+    to each other."""
+    _transpose(B[b, g, :, begin:stop], B.shape[2], stop - begin, rows)
 
 
 @njit(**HELPER_OPTIONS)
@@ -294,16 +400,22 @@ def _gather_channel(values, j, count, row):
 
 
 @njit(**HELPER_OPTIONS)
-def _decay_rates(A, first, count, scale):
-    """A[first:first + count] transposed to (N, count) and times ``scale``, so that the kernels' inner loops
-    read it contiguously.
+def _fill_decay_rates(A, first, count, scale, a_t):
+    """a_t = A[first:first + count] transposed to (N, count) and times ``scale``, so that the kernels' inner
+    loops read it contiguously.
 
     (Here and below, copies are explicit loops: numba's slice assignment generates several times the code,
     and compile time grows with it.)"""
-    a_t = np.empty((A.shape[1], count), A.dtype)
     for n in range(A.shape[1]):
         for j in range(count):
             a_t[n, j] = A[first + j, n] * scale
+
+
+@njit(**HELPER_OPTIONS)
+def _decay_rates(A, first, count, scale):
+    """:func:`_fill_decay_rates` into a new array."""
+    a_t = np.empty((A.shape[1], count), A.dtype)
+    _fill_decay_rates(A, first, count, scale, a_t)
     return a_t
 
 
@@ -323,25 +435,38 @@ def _forward_unit(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, a
     d_state = A.shape[1]
     save = starts.shape[0] > 0
     zero = u.dtype.type(0)
-    rates = _decay_rates(A, first, count, decay_scale_(zero))
-    x = np.zeros((d_state, count), u.dtype)
+    # what the loop over channels touches lives on the stack (see _stack_buffer); the chunk buffers below
+    # are copied in and out a row per position
+    rates = carray(_stack_buffer(STACK_STATE_VALUES, zero), (d_state, count))
+    x = carray(_stack_buffer(STACK_STATE_VALUES, zero), (d_state, count))
+    step_row = carray(_stack_buffer(STACK_CHANNELS, zero), count)
+    drive_row = carray(_stack_buffer(STACK_CHANNELS, zero), count)
+    y_row = carray(_stack_buffer(STACK_CHANNELS, zero), count)
+    _fill_decay_rates(A, first, count, decay_scale_(zero), rates)
+    for n in range(d_state):
+        for j in range(count):
+            x[n, j] = zero
     B_rows = np.empty((chunk, d_state), u.dtype)
     C_rows = np.empty((chunk, d_state), u.dtype)
     dt = np.empty((chunk, count), u.dtype)
     du = np.empty((chunk, count), u.dtype)
     y = np.empty((chunk, count), u.dtype)
-    row = np.empty(chunk, u.dtype)
+    steps_by_channel = np.empty((count, chunk), u.dtype)
+    drives_by_channel = np.empty((count, chunk), u.dtype)
     if save:
         _copy_state(x, starts[b, 0, :, first:first + count])
     for begin in range(0, seq_len, chunk):
         stop = min(begin + chunk, seq_len)
-        _load_steps(u, delta, delta_bias, has_bias, apply_softplus, b, first, count, begin, stop, dt, du, row)
+        _load_steps(u, delta, delta_bias, has_bias, apply_softplus, b, first, count, begin, stop, dt, du,
+                    steps_by_channel, drives_by_channel)
         _load_group_rows(B, b, g, begin, stop, B_rows)
         _load_group_rows(C, b, g, begin, stop, C_rows)
         for t in range(begin, stop):
             i = t - begin
             for j in range(count):
-                y[i, j] = zero
+                step_row[j] = dt[i, j]
+                drive_row[j] = du[i, j]
+                y_row[j] = zero
             # four states per pass over the channels: four independent exps in flight per iteration, and a
             # quarter of the loads and stores of y, dt and du (measured 10-20 % faster than one at a time)
             n = 0
@@ -349,8 +474,8 @@ def _forward_unit(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, a
                 drive0, drive1, drive2, drive3 = B_rows[i, n], B_rows[i, n + 1], B_rows[i, n + 2], B_rows[i, n + 3]
                 read0, read1, read2, read3 = C_rows[i, n], C_rows[i, n + 1], C_rows[i, n + 2], C_rows[i, n + 3]
                 for j in range(count):
-                    step = dt[i, j]
-                    drive = du[i, j]
+                    step = step_row[j]
+                    drive = drive_row[j]
                     state0 = decay_(step, rates[n, j]) * x[n, j] + drive * drive0
                     state1 = decay_(step, rates[n + 1, j]) * x[n + 1, j] + drive * drive1
                     state2 = decay_(step, rates[n + 2, j]) * x[n + 2, j] + drive * drive2
@@ -359,29 +484,32 @@ def _forward_unit(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, a
                     x[n + 1, j] = state1
                     x[n + 2, j] = state2
                     x[n + 3, j] = state3
-                    y[i, j] += (read0 * state0 + read1 * state1) + (read2 * state2 + read3 * state3)
+                    y_row[j] += (read0 * state0 + read1 * state1) + (read2 * state2 + read3 * state3)
                 n += 4
             while n < d_state:
                 drive0 = B_rows[i, n]
                 read0 = C_rows[i, n]
                 for j in range(count):
-                    state0 = decay_(dt[i, j], rates[n, j]) * x[n, j] + du[i, j] * drive0
+                    state0 = decay_(step_row[j], rates[n, j]) * x[n, j] + drive_row[j] * drive0
                     x[n, j] = state0
-                    y[i, j] += read0 * state0
+                    y_row[j] += read0 * state0
                 n += 1
+            for j in range(count):
+                y[i, j] = y_row[j]
             if save and (t + 1) % save_every == 0 and t + 1 < seq_len:
                 _copy_state(x, starts[b, (t + 1) // save_every, :, first:first + count])
+        y_by_channel = steps_by_channel  # free again
+        _transpose(y, stop - begin, count, y_by_channel)
         for j in range(count):
             d = first + j
             skip = D[d] if has_D else zero
-            _gather_channel(y, j, stop - begin, row)
             if has_z:
                 for t in range(begin, stop):
                     gate = z[b, d, t]
-                    out[b, d, t] = (row[t - begin] + skip * u[b, d, t]) * (gate * sigmoid_(gate))
+                    out[b, d, t] = (y_by_channel[j, t - begin] + skip * u[b, d, t]) * (gate * sigmoid_(gate))
             else:
                 for t in range(begin, stop):
-                    out[b, d, t] = row[t - begin] + skip * u[b, d, t]
+                    out[b, d, t] = y_by_channel[j, t - begin] + skip * u[b, d, t]
 
 
 @njit(**JIT_OPTIONS, cache=CACHE)
@@ -432,6 +560,8 @@ def _backward_unit(u, delta, A, B, C, D, z, delta_bias, grad_out, starts, has_D,
     lam_B_t = np.empty((chunk, count), u.dtype)  # sum_n lam_n B_n: dy/d(dt u)
     grad_step_t = np.empty((chunk, count), u.dtype)  # dy/d(dt) through the decays
     row = np.empty(chunk, u.dtype)
+    steps_by_channel = np.empty((count, chunk), u.dtype)
+    drives_by_channel = np.empty((count, chunk), u.dtype)
     states = np.empty((chunk + 1, d_state, count), u.dtype)  # [0]: the state before the chunk
     decays = np.empty((chunk, d_state, count), u.dtype)
     lam = np.zeros((d_state, count), u.dtype)  # adjoint of the state
@@ -461,7 +591,8 @@ def _backward_unit(u, delta, A, B, C, D, z, delta_bias, grad_out, starts, has_D,
                 grad_D_sum[j] += total
         if not need_states:
             continue
-        _load_steps(u, delta, delta_bias, has_bias, apply_softplus, b, first, count, begin, stop, dt, du, row)
+        _load_steps(u, delta, delta_bias, has_bias, apply_softplus, b, first, count, begin, stop, dt, du,
+                    steps_by_channel, drives_by_channel)
         _load_group_rows(B, b, g, begin, stop, B_rows)
         _load_group_rows(C, b, g, begin, stop, C_rows)
         # re-scan the chunk from the state the forward saved, keeping states, decays and y

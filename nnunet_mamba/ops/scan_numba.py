@@ -92,25 +92,37 @@ def _use_torch_threads() -> int:
     return threads
 
 
-def channel_blocks(batch: int, groups: int, per_group: int, threads: int) -> Tuple[int, int]:
-    """(width, blocks): every group's channels in ``blocks`` blocks of ``width`` channels (the last one may
-    be narrower), with enough work units, (batch, group, block), for every thread and evenly spread.
+def channel_blocks(batch: int, groups: int, per_group: int, threads: int,
+                   max_width: Optional[int] = None) -> Tuple[int, int]:
+    """(width, blocks): every group's channels in ``blocks`` blocks of at most ``max_width`` (default
+    MAX_BLOCK_WIDTH) channels (the last one may be narrower), with enough work units, (batch, group, block),
+    for every thread and evenly spread.
 
     Each unit of the backward writes its own (L, N) slices of the B/C gradients, summed over blocks
     afterwards: more blocks cost that memory and sum, so there are no more than the threads need.
     """
+    max_width = MAX_BLOCK_WIDTH if max_width is None else max_width
     if per_group <= 0:
         return 1, 1
-    blocks = -(-per_group // MAX_BLOCK_WIDTH)
+    blocks = -(-per_group // max_width)
     while blocks < per_group:
         units = batch * groups * blocks
         if units >= threads and (units % threads == 0 or units >= 4 * threads):
             break
         blocks += 1
     width = -(-per_group // blocks)
-    if width > 8:
-        width = -(-width // 8) * 8  # whole 8-lane vectors
+    if width > 8 and max_width >= 8:
+        width = min(-(-width // 8) * 8, max_width // 8 * 8)  # whole 8-lane vectors
     return width, -(-per_group // width)
+
+
+def forward_block_width(d_state: int, kernels) -> int:
+    """The widest block whose states fit the forward kernel's stack buffers."""
+    if d_state > kernels.STACK_STATE_VALUES:
+        raise ValueError(
+            f"The numba selective scan supports state sizes up to {kernels.STACK_STATE_VALUES}, got "
+            f"N = {d_state} (the last dimension of A). Use NNUNET_MAMBA_SCAN=torch for this model.")
+    return max(1, min(MAX_BLOCK_WIDTH, kernels.STACK_CHANNELS, kernels.STACK_STATE_VALUES // max(1, d_state)))
 
 
 def backward_chunk(seq_len: int, d_state: int) -> int:
@@ -147,7 +159,7 @@ def _run_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_every
             D is not None, z is not None, delta_bias is not None, bool(delta_softplus))
     with _launch_lock:
         threads = _use_torch_threads()
-        width, blocks = channel_blocks(batch, groups, dim // groups, threads)
+        width, blocks = channel_blocks(batch, groups, dim // groups, threads, forward_block_width(d_state, kernels))
         kernels.scan_forward(*args, width, blocks, max(1, min(seq_len, FORWARD_CHUNK)), max(1, save_every),
                              out.numpy(), starts.numpy())
     return out, starts
