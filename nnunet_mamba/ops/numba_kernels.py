@@ -9,7 +9,11 @@ n, the innermost loop runs over the block's channels, which LLVM vectorises (8 f
 the decay exp(delta A), the update x = decay x + delta u B and the read-out y += C x are elementwise over
 channels, with the position's B_n and C_n, shared by the whole group, broadcast. Nothing of size (L, N)
 per channel is built: each input is read once, in chunks of positions transposed to (position, channel)
-(B and C to (position, N)) in the unit's own buffers. The elementwise ``exp`` must vectorise too, and
+(B and C to (position, N)) in the unit's own buffers, 8 x 8 values at a time in AVX registers
+(:func:`_transpose`). The state, the decay rates and the rows the loop over channels reads and writes are
+stack buffers (:func:`_stack_buffer`), so that LLVM knows they never overlap and vectorises that loop
+without runtime overlap checks; the recurrence step itself is one function, :func:`_advance_one_position`,
+inlined into both kernels. The elementwise ``exp`` must vectorise too, and
 libm's is an opaque call, so float32 uses :func:`_exp32` below (range reduction to [-ln2/2, ln2/2] and a
 degree-6 Taylor polynomial, exact to a few float32 ulp and best near 0, where most decays are); the
 decays themselves, 16 per channel and position and the bulk of the work, are 2**(delta A log2(e)) with
@@ -112,9 +116,9 @@ def _bits_of_float32(typingctx, value):
     return types.int32(value), codegen
 
 
-# Capacities of the forward's stack buffers (see _stack_buffer): a block's states and decay rates
+# Capacities of the kernels' stack buffers (see _stack_buffer): a block's states, decay rates, adjoints
 # (N x channels values each) and its per-position rows (one value per channel). Blocks are chosen so that
-# they fit (``scan_numba.channel_blocks``).
+# they fit (``scan_numba.block_width_limit``).
 STACK_CHANNELS = 64
 STACK_STATE_VALUES = 64 * STACK_CHANNELS
 
@@ -393,14 +397,7 @@ def _load_group_rows(B, b, g, begin, stop, rows):
 
 
 @njit(**HELPER_OPTIONS)
-def _gather_channel(values, j, count, row):
-    """row[i] = values[i, j] for i < count: one channel's column of a (position, channel) buffer."""
-    for i in range(count):
-        row[i] = values[i, j]
-
-
-@njit(**HELPER_OPTIONS)
-def _fill_decay_rates(A, first, count, scale, a_t):
+def _decay_rates(A, first, count, scale, a_t):
     """a_t = A[first:first + count] transposed to (N, count) and times ``scale``, so that the kernels' inner
     loops read it contiguously.
 
@@ -412,19 +409,74 @@ def _fill_decay_rates(A, first, count, scale, a_t):
 
 
 @njit(**HELPER_OPTIONS)
-def _decay_rates(A, first, count, scale):
-    """:func:`_fill_decay_rates` into a new array."""
-    a_t = np.empty((A.shape[1], count), A.dtype)
-    _fill_decay_rates(A, first, count, scale, a_t)
-    return a_t
-
-
-@njit(**HELPER_OPTIONS)
 def _copy_state(source, target):
     """target[n, j] = source[n, j] for two (N, channels) views."""
     for n in range(source.shape[0]):
         for j in range(source.shape[1]):
             target[n, j] = source[n, j]
+
+
+@njit(**UNIT_OPTIONS, inline="always")
+def _advance_one_position(dt, du, B_rows, C_rows, i, rates, step_row, drive_row, x, y_row, y, keep, decays, states):
+    """One step of the recurrence for a block of channels at chunk position i: x = exp(dt A) x + du B, and
+    y[i] = C . x; with ``keep``, also the decays and the new states, for the backward.
+
+    Inlined into both kernels (numba's IR inlining, not left to LLVM): their stack buffers must stay
+    visibly distinct allocas in the loop, or the runtime overlap checks come back (see _stack_buffer).
+    ``keep`` is a constant at each call, so each kernel compiles only its own variant of the loop."""
+    count = step_row.shape[0]
+    d_state = x.shape[0]
+    zero = x.dtype.type(0)
+    for j in range(count):
+        step_row[j] = dt[i, j]
+        drive_row[j] = du[i, j]
+        y_row[j] = zero
+    # four states per pass over the channels: four independent exps in flight per iteration, and a quarter
+    # of the loads and stores of the rows (measured 10-20 % faster than one at a time)
+    n = 0
+    while n + 3 < d_state:
+        drive0, drive1, drive2, drive3 = B_rows[i, n], B_rows[i, n + 1], B_rows[i, n + 2], B_rows[i, n + 3]
+        read0, read1, read2, read3 = C_rows[i, n], C_rows[i, n + 1], C_rows[i, n + 2], C_rows[i, n + 3]
+        for j in range(count):
+            step = step_row[j]
+            drive = drive_row[j]
+            decay0 = decay_(step, rates[n, j])
+            decay1 = decay_(step, rates[n + 1, j])
+            decay2 = decay_(step, rates[n + 2, j])
+            decay3 = decay_(step, rates[n + 3, j])
+            state0 = decay0 * x[n, j] + drive * drive0
+            state1 = decay1 * x[n + 1, j] + drive * drive1
+            state2 = decay2 * x[n + 2, j] + drive * drive2
+            state3 = decay3 * x[n + 3, j] + drive * drive3
+            x[n, j] = state0
+            x[n + 1, j] = state1
+            x[n + 2, j] = state2
+            x[n + 3, j] = state3
+            y_row[j] += (read0 * state0 + read1 * state1) + (read2 * state2 + read3 * state3)
+            if keep:
+                decays[n, j] = decay0
+                decays[n + 1, j] = decay1
+                decays[n + 2, j] = decay2
+                decays[n + 3, j] = decay3
+                states[n, j] = state0
+                states[n + 1, j] = state1
+                states[n + 2, j] = state2
+                states[n + 3, j] = state3
+        n += 4
+    while n < d_state:
+        drive0 = B_rows[i, n]
+        read0 = C_rows[i, n]
+        for j in range(count):
+            decay0 = decay_(step_row[j], rates[n, j])
+            state0 = decay0 * x[n, j] + drive_row[j] * drive0
+            x[n, j] = state0
+            y_row[j] += read0 * state0
+            if keep:
+                decays[n, j] = decay0
+                states[n, j] = state0
+        n += 1
+    for j in range(count):
+        y[i, j] = y_row[j]
 
 
 @njit(**UNIT_OPTIONS)
@@ -442,7 +494,7 @@ def _forward_unit(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, a
     step_row = carray(_stack_buffer(STACK_CHANNELS, zero), count)
     drive_row = carray(_stack_buffer(STACK_CHANNELS, zero), count)
     y_row = carray(_stack_buffer(STACK_CHANNELS, zero), count)
-    _fill_decay_rates(A, first, count, decay_scale_(zero), rates)
+    _decay_rates(A, first, count, decay_scale_(zero), rates)
     for n in range(d_state):
         for j in range(count):
             x[n, j] = zero
@@ -463,39 +515,7 @@ def _forward_unit(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, a
         _load_group_rows(C, b, g, begin, stop, C_rows)
         for t in range(begin, stop):
             i = t - begin
-            for j in range(count):
-                step_row[j] = dt[i, j]
-                drive_row[j] = du[i, j]
-                y_row[j] = zero
-            # four states per pass over the channels: four independent exps in flight per iteration, and a
-            # quarter of the loads and stores of y, dt and du (measured 10-20 % faster than one at a time)
-            n = 0
-            while n + 3 < d_state:
-                drive0, drive1, drive2, drive3 = B_rows[i, n], B_rows[i, n + 1], B_rows[i, n + 2], B_rows[i, n + 3]
-                read0, read1, read2, read3 = C_rows[i, n], C_rows[i, n + 1], C_rows[i, n + 2], C_rows[i, n + 3]
-                for j in range(count):
-                    step = step_row[j]
-                    drive = drive_row[j]
-                    state0 = decay_(step, rates[n, j]) * x[n, j] + drive * drive0
-                    state1 = decay_(step, rates[n + 1, j]) * x[n + 1, j] + drive * drive1
-                    state2 = decay_(step, rates[n + 2, j]) * x[n + 2, j] + drive * drive2
-                    state3 = decay_(step, rates[n + 3, j]) * x[n + 3, j] + drive * drive3
-                    x[n, j] = state0
-                    x[n + 1, j] = state1
-                    x[n + 2, j] = state2
-                    x[n + 3, j] = state3
-                    y_row[j] += (read0 * state0 + read1 * state1) + (read2 * state2 + read3 * state3)
-                n += 4
-            while n < d_state:
-                drive0 = B_rows[i, n]
-                read0 = C_rows[i, n]
-                for j in range(count):
-                    state0 = decay_(step_row[j], rates[n, j]) * x[n, j] + drive_row[j] * drive0
-                    x[n, j] = state0
-                    y_row[j] += read0 * state0
-                n += 1
-            for j in range(count):
-                y[i, j] = y_row[j]
+            _advance_one_position(dt, du, B_rows, C_rows, i, rates, step_row, drive_row, x, y_row, y, False, x, x)
             if save and (t + 1) % save_every == 0 and t + 1 < seq_len:
                 _copy_state(x, starts[b, (t + 1) // save_every, :, first:first + count])
         y_by_channel = steps_by_channel  # free again
@@ -549,8 +569,24 @@ def _backward_unit(u, delta, A, B, C, D, z, delta_bias, grad_out, starts, has_D,
     need_states = need_adjoint or need_C or need_z  # D's gradient alone needs no re-scan
     zero = u.dtype.type(0)
     one = u.dtype.type(1)
-    a_t = _decay_rates(A, first, count, one)
-    rates = _decay_rates(A, first, count, decay_scale_(zero))  # the forward's decays, bit for bit
+    # as in the forward, what the loops over channels write lives on the stack (see _stack_buffer)
+    a_t = carray(_stack_buffer(STACK_STATE_VALUES, zero), (d_state, count))
+    rates = carray(_stack_buffer(STACK_STATE_VALUES, zero), (d_state, count))
+    x = carray(_stack_buffer(STACK_STATE_VALUES, zero), (d_state, count))  # the re-scan's running state
+    lam = carray(_stack_buffer(STACK_STATE_VALUES, zero), (d_state, count))  # adjoint of the state
+    grad_A_t = carray(_stack_buffer(STACK_STATE_VALUES, zero), (d_state, count))
+    step_row = carray(_stack_buffer(STACK_CHANNELS, zero), count)
+    drive_row = carray(_stack_buffer(STACK_CHANNELS, zero), count)
+    y_row = carray(_stack_buffer(STACK_CHANNELS, zero), count)
+    gy_row = carray(_stack_buffer(STACK_CHANNELS, zero), count)
+    lam_B = carray(_stack_buffer(STACK_CHANNELS, zero), count)  # sum_n lam_n B_n at one position
+    grad_step = carray(_stack_buffer(STACK_CHANNELS, zero), count)
+    _decay_rates(A, first, count, one, a_t)
+    _decay_rates(A, first, count, decay_scale_(zero), rates)  # the forward's decays, bit for bit
+    for n in range(d_state):
+        for j in range(count):
+            lam[n, j] = zero
+            grad_A_t[n, j] = zero
     B_rows = np.empty((chunk, d_state), u.dtype)
     C_rows = np.empty((chunk, d_state), u.dtype)
     dt = np.empty((chunk, count), u.dtype)
@@ -559,15 +595,15 @@ def _backward_unit(u, delta, A, B, C, D, z, delta_bias, grad_out, starts, has_D,
     y = np.empty((chunk, count), u.dtype)
     lam_B_t = np.empty((chunk, count), u.dtype)  # sum_n lam_n B_n: dy/d(dt u)
     grad_step_t = np.empty((chunk, count), u.dtype)  # dy/d(dt) through the decays
-    row = np.empty(chunk, u.dtype)
-    steps_by_channel = np.empty((count, chunk), u.dtype)
-    drives_by_channel = np.empty((count, chunk), u.dtype)
+    # (channel, position) scratch: the per-channel arithmetic vectorises along positions there, and whole
+    # chunks are transposed to and from the (position, channel) layout of the scan in 8 x 8 blocks
+    steps_by_channel = np.empty((count, chunk), u.dtype)  # dt, kept from _load_steps to the end of a chunk
+    drives_by_channel = np.empty((count, chunk), u.dtype)  # du, then lam_B
+    gy_by_channel = np.empty((count, chunk), u.dtype)
+    grad_step_by_channel = np.empty((count, chunk), u.dtype)
+    y_by_channel = np.empty((count, chunk), u.dtype)
     states = np.empty((chunk + 1, d_state, count), u.dtype)  # [0]: the state before the chunk
     decays = np.empty((chunk, d_state, count), u.dtype)
-    lam = np.zeros((d_state, count), u.dtype)  # adjoint of the state
-    grad_A_t = np.zeros((d_state, count), u.dtype)
-    lam_B = np.empty(count, u.dtype)
-    grad_step = np.empty(count, u.dtype)
     grad_D_sum = np.zeros(count, u.dtype)
     grad_bias_sum = np.zeros(count, u.dtype)
     for c in range(n_chunks - 1, -1, -1):
@@ -578,38 +614,29 @@ def _backward_unit(u, delta, A, B, C, D, z, delta_bias, grad_out, starts, has_D,
             if has_z:
                 for t in range(begin, stop):
                     gate = z[b, d, t]
-                    row[t - begin] = grad_out[b, d, t] * (gate * sigmoid_(gate))
+                    gy_by_channel[j, t - begin] = grad_out[b, d, t] * (gate * sigmoid_(gate))
             else:
                 for t in range(begin, stop):
-                    row[t - begin] = grad_out[b, d, t]
-            for t in range(begin, stop):
-                gy[t - begin, j] = row[t - begin]
+                    gy_by_channel[j, t - begin] = grad_out[b, d, t]
             if need_D:
                 total = zero
                 for t in range(begin, stop):
-                    total += row[t - begin] * u[b, d, t]
+                    total += gy_by_channel[j, t - begin] * u[b, d, t]
                 grad_D_sum[j] += total
         if not need_states:
             continue
+        _transpose(gy_by_channel, count, stop - begin, gy)
         _load_steps(u, delta, delta_bias, has_bias, apply_softplus, b, first, count, begin, stop, dt, du,
                     steps_by_channel, drives_by_channel)
         _load_group_rows(B, b, g, begin, stop, B_rows)
         _load_group_rows(C, b, g, begin, stop, C_rows)
         # re-scan the chunk from the state the forward saved, keeping states, decays and y
-        _copy_state(starts[b, c, :, first:first + count], states[0])
+        _copy_state(starts[b, c, :, first:first + count], x)
+        _copy_state(x, states[0])
         for t in range(begin, stop):
             i = t - begin
-            for j in range(count):
-                y[i, j] = zero
-            for n in range(d_state):
-                drive = B_rows[i, n]
-                read = C_rows[i, n]
-                for j in range(count):
-                    decay = decay_(dt[i, j], rates[n, j])
-                    state = decay * states[i, n, j] + du[i, j] * drive
-                    decays[i, n, j] = decay
-                    states[i + 1, n, j] = state
-                    y[i, j] += read * state
+            _advance_one_position(dt, du, B_rows, C_rows, i, rates, step_row, drive_row, x, y_row, y, True,
+                                  decays[i], states[i + 1])
         for t in range(stop - 1, begin - 1, -1):
             i = t - begin
             if need_C:  # its own loop, so that it gives the same bits whether or not the rest runs
@@ -621,6 +648,9 @@ def _backward_unit(u, delta, A, B, C, D, z, delta_bias, grad_out, starts, has_D,
             if not need_adjoint:
                 continue
             for j in range(count):
+                gy_row[j] = gy[i, j]
+                step_row[j] = dt[i, j]
+                drive_row[j] = du[i, j]
                 lam_B[j] = zero
                 grad_step[j] = zero
             for n in range(d_state):
@@ -628,15 +658,13 @@ def _backward_unit(u, delta, A, B, C, D, z, delta_bias, grad_out, starts, has_D,
                 read = C_rows[i, n]
                 sum_B = zero
                 for j in range(count):
-                    # on entry lam holds exp(dt_{t+1} A) lam_{t+1}; adding dy/dx_t makes it lam_t
-                    adjoint = lam[n, j] + gy[i, j] * read
-                    sum_B += adjoint * du[i, j]
+                    adjoint = lam[n, j] + gy_row[j] * read
+                    sum_B += adjoint * drive_row[j]
                     lam_B[j] += adjoint * write
-                    # gradient of the log-decay dt_t A_n: lam_n exp(dt_t A_n) x_{t-1,n}
                     decay = decays[i, n, j]
                     grad_log_decay = adjoint * decay * states[i, n, j]
                     grad_step[j] += a_t[n, j] * grad_log_decay
-                    grad_A_t[n, j] += dt[i, j] * grad_log_decay
+                    grad_A_t[n, j] += step_row[j] * grad_log_decay
                     lam[n, j] = adjoint * decay
                 if need_B:
                     grad_B_acc[block, b, g, n, t] = sum_B
@@ -644,16 +672,25 @@ def _backward_unit(u, delta, A, B, C, D, z, delta_bias, grad_out, starts, has_D,
                 lam_B_t[i, j] = lam_B[j]
                 grad_step_t[i, j] = grad_step[j]
         # per channel: back to (batch, dim, L), through softplus, the bias, the D skip and the z gate
+        lam_B_by_channel = drives_by_channel  # du is no longer needed
+        if need_u or need_delta:
+            _transpose(lam_B_t, stop - begin, count, lam_B_by_channel)
+        if need_delta:
+            _transpose(grad_step_t, stop - begin, count, grad_step_by_channel)
+        if need_z:
+            _transpose(y, stop - begin, count, y_by_channel)
         for j in range(count):
             d = first + j
             skip = D[d] if has_D else zero
             bias = delta_bias[d] if has_bias else zero
             if need_u:
                 for t in range(begin, stop):
-                    grad_u[b, d, t] = dt[t - begin, j] * lam_B_t[t - begin, j] + gy[t - begin, j] * skip
+                    i = t - begin
+                    grad_u[b, d, t] = steps_by_channel[j, i] * lam_B_by_channel[j, i] + gy_by_channel[j, i] * skip
             if need_delta:
                 for t in range(begin, stop):
-                    grad_delta[b, d, t] = grad_step_t[t - begin, j] + u[b, d, t] * lam_B_t[t - begin, j]
+                    i = t - begin
+                    grad_delta[b, d, t] = grad_step_by_channel[j, i] + u[b, d, t] * lam_B_by_channel[j, i]
                 if apply_softplus:
                     for t in range(begin, stop):
                         grad_delta[b, d, t] *= sigmoid_(delta[b, d, t] + bias)
@@ -662,12 +699,11 @@ def _backward_unit(u, delta, A, B, C, D, z, delta_bias, grad_out, starts, has_D,
                     total += grad_delta[b, d, t]
                 grad_bias_sum[j] += total
             if need_z:
-                _gather_channel(y, j, stop - begin, row)
                 for t in range(begin, stop):
                     gate = z[b, d, t]
                     sig = sigmoid_(gate)
                     # d silu / dz = sig (1 + z (1 - sig))
-                    grad_z[b, d, t] = grad_out[b, d, t] * (row[t - begin] + skip * u[b, d, t]) * sig * (
+                    grad_z[b, d, t] = grad_out[b, d, t] * (y_by_channel[j, t - begin] + skip * u[b, d, t]) * sig * (
                         one + gate * (one - sig))
     for j in range(count):
         d = first + j

@@ -116,8 +116,8 @@ def channel_blocks(batch: int, groups: int, per_group: int, threads: int,
     return width, -(-per_group // width)
 
 
-def forward_block_width(d_state: int, kernels) -> int:
-    """The widest block whose states fit the forward kernel's stack buffers."""
+def block_width_limit(d_state: int, kernels) -> int:
+    """The widest block whose states fit the kernels' stack buffers."""
     if d_state > kernels.STACK_STATE_VALUES:
         raise ValueError(
             f"The numba selective scan supports state sizes up to {kernels.STACK_STATE_VALUES}, got "
@@ -159,7 +159,7 @@ def _run_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_every
             D is not None, z is not None, delta_bias is not None, bool(delta_softplus))
     with _launch_lock:
         threads = _use_torch_threads()
-        width, blocks = channel_blocks(batch, groups, dim // groups, threads, forward_block_width(d_state, kernels))
+        width, blocks = channel_blocks(batch, groups, dim // groups, threads, block_width_limit(d_state, kernels))
         kernels.scan_forward(*args, width, blocks, max(1, min(seq_len, FORWARD_CHUNK)), max(1, save_every),
                              out.numpy(), starts.numpy())
     return out, starts
@@ -201,7 +201,7 @@ class NumbaSelectiveScan(torch.autograd.Function):
         grad_bias = output(need_delta_any, (batch, dim))
         with _launch_lock:
             threads = _use_torch_threads()
-            width, blocks = channel_blocks(batch, groups, dim // groups, threads)
+            width, blocks = channel_blocks(batch, groups, dim // groups, threads, block_width_limit(d_state, kernels))
             grad_B_acc = output(need_B, (blocks, batch, groups, d_state, seq_len))
             grad_C_acc = output(need_C, (blocks, batch, groups, d_state, seq_len))
             kernels.scan_backward(
