@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from nnunet_mamba.distillation import hybrid
 from nnunet_mamba.distillation import (
     HybridDistillationConfig,
     decoupled_kd,
@@ -214,6 +215,30 @@ def test_hybrid_terms_use_the_foreground_softmax_channels():
     assert terms["attention"].item() == pytest.approx(_attention_loop(student_fg, teacher_fg, 0.25), rel=1e-5)
     expected_edge = np.mean((_sobel_maps_loop(student_fg) - _sobel_maps_loop(teacher_fg)) ** 2)
     assert terms["edge"].item() == pytest.approx(expected_edge, rel=1e-5)
+
+
+@pytest.mark.parametrize("subset", [("dkd",), ("attention", "edge"), ("edge",), ()])
+def test_only_the_terms_asked_for_are_computed(subset, monkeypatch):
+    generator = torch.Generator().manual_seed(8)
+    student, teacher = torch.randn(2, 3, 4, 4, generator=generator), torch.randn(2, 3, 4, 4, generator=generator)
+    target = torch.randint(0, 3, (2, 1, 4, 4), generator=generator).float()
+    everything = hybrid_distillation_terms(student, teacher, target)
+    computed = []
+    for name in ("decoupled_kd", "spatial_attention_kd", "edge_kd"):
+        original = getattr(hybrid, name)
+        monkeypatch.setattr(hybrid, name, lambda *args, _f=original, _n=name, **kwargs: computed.append(_n) or
+                            _f(*args, **kwargs))
+    terms = hybrid_distillation_terms(student, teacher, target, terms=subset)
+    assert set(terms) == set(subset)
+    assert len(computed) == len(subset)  # a term not asked for is not computed
+    for name in subset:
+        assert torch.equal(terms[name], everything[name])
+
+
+def test_an_unknown_term_is_named():
+    logits, target = torch.randn(1, 2, 4, 4), torch.zeros(1, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"unknown hybrid distillation terms \['edges'\]"):
+        hybrid_distillation_terms(logits, logits, target, terms=("dkd", "edges"))
 
 
 def test_gradients_reach_the_student_and_never_the_teacher():

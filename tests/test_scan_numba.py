@@ -228,6 +228,17 @@ def test_too_many_states_for_the_numba_scan_name_the_state_size():
         selective_scan(**inputs, backend="numba")
 
 
+@requires_numba
+def test_kernels_refuse_a_block_wider_than_their_stack_buffers():
+    kernels = scan_numba._get_kernels()
+    inputs = {name: t.numpy() for name, t in make_inputs(1, 80, 16, 5, 1).items()}
+    out = np.empty_like(inputs["u"])
+    with pytest.raises(ValueError, match="too wide"):
+        kernels.scan_forward(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["D"],
+                             inputs["z"], inputs["delta_bias"], True, True, True, True, 80, 1, 5, 1, out,
+                             np.empty((0, 0, 0, 0), np.float32))
+
+
 @pytest.mark.parametrize("batch,groups,per_group,threads,max_width", [
     (1, 4, 48, 2, None), (1, 1, 192, 2, None), (2, 6, 192, 16, None), (1, 1, 3, 8, None), (1, 1, 1, 2, None),
     (1, 3, 50, 2, None), (4, 4, 768, 1, None), (1, 1, 192, 2, 51), (1, 2, 100, 1, 4),

@@ -114,9 +114,13 @@ def decoupled_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
     with _float32_no_autocast(student_logits):
         labels = target[:, 0].long()
         valid = torch.ones_like(labels, dtype=torch.bool) if ignore_label is None else labels != ignore_label
-        # an out-of-range index would be a silent device-side assert in gather on CUDA
-        if bool(((labels < 0) | (labels >= num_classes))[valid].any()):
-            raise ValueError(f"target holds class indices outside [0, {num_classes}) (ignore_label={ignore_label})")
+        out_of_range = ((labels < 0) | (labels >= num_classes)) & valid
+        message = f"target holds class indices outside [0, {num_classes}) (ignore_label={ignore_label})"
+        if labels.device.type == "cpu":
+            if bool(out_of_range.any()):
+                raise ValueError(message)
+        else:  # reading the answer back every step would stall the GPU: the check fails the step on the device
+            torch._assert_async(~out_of_range.any(), message)
         is_target = F.one_hot(torch.where(valid, labels, 0), num_classes).movedim(-1, 1).bool()
 
         log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
@@ -185,22 +189,35 @@ def edge_kd(student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> torch.T
         return F.mse_loss(sobel_magnitude(student_probs.float()), sobel_magnitude(teacher_probs.detach().float()))
 
 
+HYBRID_TERMS = ("dkd", "attention", "edge")
+
+
 def hybrid_distillation_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
                               config: HybridDistillationConfig = HybridDistillationConfig(),
-                              ignore_label: int | None = None) -> dict[str, torch.Tensor]:
+                              ignore_label: int | None = None,
+                              terms: tuple[str, ...] = HYBRID_TERMS) -> dict[str, torch.Tensor]:
     """{"dkd": ..., "attention": ..., "edge": ...}: unweighted float32 scalars; the teacher is detached inside.
 
     ``*_logits``: (B, C, *spatial) softmax logits, C >= 2; ``target``: (B, 1, *spatial) class indices as
-    nnU-Net gives them (any dtype). Attention and edge terms use the foreground softmax channels 1..C-1."""
+    nnU-Net gives them (any dtype). Attention and edge terms use the foreground softmax channels 1..C-1.
+    ``terms``: the ones to compute (a trainer that weighs a term 0 need not pay for it)."""
+    unknown = [name for name in terms if name not in HYBRID_TERMS]
+    if unknown:
+        raise ValueError(f"unknown hybrid distillation terms {unknown}; the terms are {list(HYBRID_TERMS)}")
     _check_logits_and_target(student_logits, teacher_logits, target)
     with _float32_no_autocast(student_logits):
         student = student_logits.float()
         teacher = teacher_logits.detach().float()
-        student_foreground = torch.softmax(student, dim=1)[:, 1:]
-        teacher_foreground = torch.softmax(teacher, dim=1)[:, 1:]
-        return {
-            "dkd": decoupled_kd(student, teacher, target, config.dkd_alpha, config.dkd_beta,
-                                config.dkd_temperature, ignore_label),
-            "attention": spatial_attention_kd(student_foreground, teacher_foreground, config.attention_temperature),
-            "edge": edge_kd(student_foreground, teacher_foreground),
-        }
+        result = {}
+        if "dkd" in terms:
+            result["dkd"] = decoupled_kd(student, teacher, target, config.dkd_alpha, config.dkd_beta,
+                                         config.dkd_temperature, ignore_label)
+        if "attention" in terms or "edge" in terms:
+            student_foreground = torch.softmax(student, dim=1)[:, 1:]
+            teacher_foreground = torch.softmax(teacher, dim=1)[:, 1:]
+            if "attention" in terms:
+                result["attention"] = spatial_attention_kd(student_foreground, teacher_foreground,
+                                                           config.attention_temperature)
+            if "edge" in terms:
+                result["edge"] = edge_kd(student_foreground, teacher_foreground)
+        return result

@@ -123,6 +123,14 @@ STACK_CHANNELS = 64
 STACK_STATE_VALUES = 64 * STACK_CHANNELS
 
 
+@njit(**HELPER_OPTIONS)
+def _check_block_fits_stack(width, d_state):
+    """The kernels' stack buffers hold a block of at most STACK_CHANNELS channels and STACK_STATE_VALUES
+    states: a wider block would write past them (``scan_numba.block_width_limit`` never makes one)."""
+    if width > STACK_CHANNELS or width * d_state > STACK_STATE_VALUES:
+        raise ValueError("numba scan: channel block too wide for the kernels' stack buffers")
+
+
 @intrinsic
 def _stack_buffer(typingctx, size, like):
     """A pointer to ``size`` (a literal) uninitialised values of ``like``'s type on the calling function's
@@ -543,6 +551,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, ap
     For a backward to come, ``starts`` (batch, ceil(L / save_every), N, dim) receives the state before
     every ``save_every``-th position (for inference it is an empty array, and nothing is stored).
     """
+    _check_block_fits_stack(width, A.shape[1])
     batch, dim, _ = u.shape
     groups = B.shape[1]
     per_group = dim // groups
@@ -729,6 +738,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, grad_out, starts, has_D, 
     grad_B_acc, grad_C_acc: (blocks, batch, groups, N, L), to be summed over blocks. Every element of an
     output asked for is written (no zeroing needed); outputs not asked for may be empty arrays.
     """
+    _check_block_fits_stack(width, A.shape[1])
     batch, dim, _ = u.shape
     groups = B.shape[1]
     per_group = dim // groups

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from nnunet_mamba.distillation.hybrid import HybridDistillationConfig, hybrid_distillation_terms
+from nnunet_mamba.distillation.hybrid import HYBRID_TERMS, HybridDistillationConfig, hybrid_distillation_terms
 from nnunet_mamba.training.teacher import (
     TEACHER_ENV_VAR,
     StudentSetting,
@@ -42,6 +42,10 @@ class HybridDistillationTrainer(MambaTrainerBase):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        unknown = sorted(set(self.distillation_weights) - set(HYBRID_TERMS))
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: unknown distillation terms {unknown} in distillation_weights; "
+                             f"the terms are {list(HYBRID_TERMS)}")
         negative = {name: weight for name, weight in self.distillation_weights.items() if weight < 0}
         if negative:
             raise ValueError(f"{type(self).__name__}: distillation weights must be >= 0, got {negative}")
@@ -110,11 +114,11 @@ class HybridDistillationTrainer(MambaTrainerBase):
         student_logits = output[0] if isinstance(output, (list, tuple)) else output
         teacher_logits = teacher_output[0] if isinstance(teacher_output, (list, tuple)) else teacher_output
         full_resolution_target = target[0] if isinstance(target, (list, tuple)) else target
+        weighted = tuple(name for name, weight in self.distillation_weights.items() if weight > 0)
         terms = hybrid_distillation_terms(student_logits, teacher_logits, full_resolution_target,
-                                          self.distillation_config, ignore_label=self.label_manager.ignore_label)
-        weighted = self.loss_term_weights
-        return self.loss(output, target), {f"{name}_distillation": value for name, value in terms.items()
-                                           if f"{name}_distillation" in weighted}
+                                          self.distillation_config, ignore_label=self.label_manager.ignore_label,
+                                          terms=weighted)
+        return self.loss(output, target), {f"{name}_distillation": value for name, value in terms.items()}
 
     # --- checkpoints ----------------------------------------------------------------------------------------
 

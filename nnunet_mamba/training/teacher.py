@@ -18,6 +18,7 @@ checkpoints, so that a continued run (``--c``) distils from the very same teache
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -160,8 +161,11 @@ def load_teacher(student: StudentSetting, device: torch.device, folder: str | No
 
     path = locate_teacher_checkpoint(student, folder, checkpoint_name)
     root = path.parent.parent
+    # read once: the recorded hash is that of the very bytes the weights come from (and a large checkpoint is
+    # not read twice)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        content = path.read_bytes()
+        checkpoint = torch.load(io.BytesIO(content), map_location="cpu", weights_only=False)
     except Exception as error:  # unpickling raises anything for a file that is not a checkpoint
         raise TeacherError(f"cannot read the teacher checkpoint {path} ({type(error).__name__}: {error})") from error
     missing = [key for key in ("network_weights", "trainer_name", "init_args")
@@ -185,7 +189,8 @@ def load_teacher(student: StudentSetting, device: torch.device, folder: str | No
         raise TeacherError(f"the weights in {path} do not fit the network {checkpoint['trainer_name']} builds from "
                            f"the teacher's plans: {error}") from error
     network.to(device).eval().requires_grad_(False)
-    record = TeacherRecord(folder=str(root.resolve()), checkpoint=str(path.resolve()), sha256=file_sha256(path),
+    record = TeacherRecord(folder=str(root.resolve()), checkpoint=str(path.resolve()),
+                           sha256=hashlib.sha256(content).hexdigest(),
                            trainer_name=str(checkpoint["trainer_name"]), plans_name=plans_manager.plans_name,
                            configuration=student.configuration, fold=student.fold)
     return network, record
