@@ -523,6 +523,7 @@ def _forward_unit(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, a
         _load_group_rows(C, b, g, begin, stop, C_rows)
         for t in range(begin, stop):
             i = t - begin
+            # keep=False: nothing is kept, and the last two arguments (x in their place) are never written
             _advance_one_position(dt, du, B_rows, C_rows, i, rates, step_row, drive_row, x, y_row, y, False, x, x)
             if save and (t + 1) % save_every == 0 and t + 1 < seq_len:
                 _copy_state(x, starts[b, (t + 1) // save_every, :, first:first + count])
