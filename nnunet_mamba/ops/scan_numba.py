@@ -6,8 +6,9 @@ stays fast and works without numba, and error messages can say what went wrong.
 
 Compiled kernels are cached on disk (numba's ``cache=True``): next to the module in ``__pycache__`` when
 that is writable, else in numba's user-wide cache (``~/.cache/numba``), or wherever ``NUMBA_CACHE_DIR``
-points. A process pays the compile (about 10-20 s per dtype) once per machine and source version; where no
-cache location is writable, the kernels are compiled in memory in every process instead.
+points. A process pays the compile (about 15 s for the forward, 40 s with the backward, per dtype) once per
+machine and source version; where no cache location is writable, the kernels are compiled in memory in
+every process instead.
 """
 from __future__ import annotations
 
