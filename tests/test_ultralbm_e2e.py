@@ -2,6 +2,7 @@
 distil the student from it with NNUNET_MAMBA_TEACHER, continue with --c (the recorded teacher, verified), predict
 with the student. The refusals and the 3D / multi-class steps are in test_ultralbm_training.py, the DDP step in
 test_ddp.py."""
+import hashlib
 import re
 
 import numpy as np
@@ -12,7 +13,7 @@ from e2e_support import DATASET_ID, predict_test_images
 from nnunet_mamba.architectures import build_network
 from nnunet_mamba.training.hybrid_distillation import TEACHER_RECORD_KEY
 from nnunet_mamba.training.loss_terms import PLOT_NAME
-from nnunet_mamba.training.teacher import TEACHER_ENV_VAR, file_sha256
+from nnunet_mamba.training.teacher import TEACHER_ENV_VAR
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +33,7 @@ def test_teacher_then_distilled_student_resumes_and_predicts(nnunet_workspace):
     workspace.run("nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TEACHER, "-device", "cpu",
                   env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="1", NNUNET_MAMBA_TEST_ITERATIONS="10"))
     teacher_checkpoint = teacher_output / "checkpoint_final.pth"
-    teacher_sha256 = file_sha256(teacher_checkpoint)
+    teacher_sha256 = hashlib.sha256(teacher_checkpoint.read_bytes()).hexdigest()
 
     student_output = workspace.trainer_output(DATASET_ID, "2d", 0, STUDENT)
     workspace.run("nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", STUDENT, "-device", "cpu",

@@ -1,6 +1,7 @@
 """UltraLBM-UNet trainers in-process: the paper's optimisation, the teacher lookup with its named refusals, hybrid
 distillation steps in 2D (UltraLBM teacher) and 3D (nnU-Net's default UNet as the teacher), and the teacher record
 that ``--c`` verifies. The stock-CLI run (train teacher, distil, --c, predict) is in test_ultralbm_e2e.py."""
+import hashlib
 import json
 import shutil
 
@@ -18,7 +19,6 @@ from nnunet_mamba.training.teacher import (
     TEACHER_CHECKPOINT_ENV_VAR,
     TEACHER_ENV_VAR,
     TeacherError,
-    file_sha256,
     load_teacher,
 )
 
@@ -83,7 +83,7 @@ def test_student_distils_from_an_ultralbm_teacher(make_trainer, teacher_2d, monk
     assert student.loss_term_weights == TERMS
     record = student.load_distillation_teacher()
     assert type(student.teacher).__name__ == "UltraLBMUNet" and type(student.network).__name__ == "UltraLBMUNetT"
-    assert record.sha256 == file_sha256(teacher_2d / "fold_0" / "checkpoint_final.pth")
+    assert record.sha256 == hashlib.sha256((teacher_2d / "fold_0" / "checkpoint_final.pth").read_bytes()).hexdigest()
     assert record.trainer_name == "nnUNetTrainerUltraLBMUNetQuick" and record.configuration == "2d"
     _distillation_steps(student)
     # the teacher is no part of what is saved or predicted with
@@ -160,7 +160,8 @@ def test_continued_student_keeps_its_teacher(make_trainer, teacher_2d, tmp_path,
     saved = tmp_path / "student_latest.pth"
     student.save_checkpoint(str(saved))
     checkpoint = torch.load(saved, map_location="cpu", weights_only=False)
-    assert checkpoint[TEACHER_RECORD_KEY]["sha256"] == file_sha256(teacher_2d / "fold_0" / "checkpoint_final.pth")
+    teacher_bytes = (teacher_2d / "fold_0" / "checkpoint_final.pth").read_bytes()
+    assert checkpoint[TEACHER_RECORD_KEY]["sha256"] == hashlib.sha256(teacher_bytes).hexdigest()
     assert checkpoint["network_weights"].keys() == student.network.state_dict().keys()
     assert checkpoint["training_modules"] == {}
 

@@ -668,9 +668,11 @@ def _backward_unit(u, delta, A, B, C, D, z, delta_bias, grad_out, starts, has_D,
                 read = C_rows[i, n]
                 sum_B = zero
                 for j in range(count):
+                    # on entry lam holds exp(dt_{t+1} A) lam_{t+1}; adding dy/dx_t makes it lam_t
                     adjoint = lam[n, j] + gy_row[j] * read
                     sum_B += adjoint * drive_row[j]
                     lam_B[j] += adjoint * write
+                    # gradient of the log-decay dt_t A_n: lam_n exp(dt_t A_n) x_{t-1,n}
                     decay = decays[i, n, j]
                     grad_log_decay = adjoint * decay * states[i, n, j]
                     grad_step[j] += a_t[n, j] * grad_log_decay

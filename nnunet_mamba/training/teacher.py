@@ -72,14 +72,6 @@ class StudentSetting:
     num_segmentation_heads: int
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def locate_teacher_checkpoint(student: StudentSetting, folder: str | None = None,
                               checkpoint_name: str | None = None) -> Path:
     """The teacher checkpoint for the student's fold, from the arguments or the environment; named errors."""
