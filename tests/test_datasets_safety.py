@@ -407,3 +407,24 @@ def test_progress_advances_per_case(amos_six, tmp_path, monkeypatch):
     assert len(updates) == 6
     # Two workers, 0.4 s per case: the bar moves three times over about 0.8 s, not once at the end.
     assert updates[-1] - updates[0] > 0.5
+
+
+def test_a_pool_whose_terminate_hangs_does_not_hide_the_error(monkeypatch):
+    """CPython's Pool.terminate can block for ever joining its task-feeding thread; the first error must
+    still reach the user after a bounded wait."""
+    import threading
+
+    from nnunet_mamba.datasets import parallel
+
+    monkeypatch.setattr(parallel, "_TERMINATE_WAIT_SECONDS", 0.2)
+    terminated = threading.Event()
+
+    class StuckPool:
+        def terminate(self):
+            terminated.set()
+            threading.Event().wait()  # never returns
+
+    start = time.monotonic()
+    parallel._terminate(StuckPool())
+    assert terminated.is_set()
+    assert time.monotonic() - start < 5

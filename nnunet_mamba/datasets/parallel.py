@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _PARENT_POLL_SECONDS = 1.0
+_TERMINATE_WAIT_SECONDS = 30.0
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -67,8 +68,19 @@ def parallel_map(function: Callable, argument_tuples: Sequence[tuple], num_proce
                 progress.update()
             pool.close()
         except BaseException:
-            pool.terminate()
+            _terminate(pool)
             raise
-        finally:
-            pool.join()
+        pool.join()
     return results
+
+
+def _terminate(pool) -> None:
+    """``pool.terminate()``, waiting for it at most _TERMINATE_WAIT_SECONDS.
+
+    CPython's terminate stops the workers and then joins the thread that feeds them tasks; that thread can
+    stay blocked on the task queue's lock for ever (seen in a CI run, after a converter's first case failed),
+    and the error would never reach the user. The workers are stopped before that join, so after the wait
+    nothing of ours is left running: the stuck thread is a daemon and dies with the process."""
+    stopper = threading.Thread(target=pool.terminate, name="pool-terminate", daemon=True)
+    stopper.start()
+    stopper.join(_TERMINATE_WAIT_SECONDS)
