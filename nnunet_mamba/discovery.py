@@ -101,3 +101,14 @@ def our_trainers() -> dict:
             found[name] = recursive_find_python_class(folder, name, None, base_folder=folder,
                                                       cleanup_imports_from_base_folder=True)
     return found
+
+
+def trainer_for_network(network_name: str) -> str | None:
+    """The plain trainer of a registered network (its variants add to its name, so the shortest name); None when
+    none of our trainers builds it or a trainer module fails to import."""
+    try:
+        trainers = our_trainers()
+    except Exception:  # noqa: BLE001 - used in hints and error messages, which must not fail on another module
+        return None
+    names = [name for name, trainer in trainers.items() if getattr(trainer, "network_name", None) == network_name]
+    return min(names, key=len) if names else None

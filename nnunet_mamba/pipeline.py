@@ -100,10 +100,45 @@ class NnUNetWorkspace:
                  "-o", str(summary), "-np", "1")
         return json.loads(summary.read_text())
 
+    def score_test_set(self, dataset_id: int, configuration: str, trainer: str, predictions: Path, fold: int = 0,
+                       device: str = "cpu") -> "HeldOutScore":
+        """Predict the dataset's ``imagesTs`` with a trained fold, score them against ``labelsTs`` with nnU-Net's
+        evaluation and draw the first test case (``<predictions>.png``)."""
+        dataset = self.dataset_folder(dataset_id)
+        predictions = Path(predictions)
+        self.predict(dataset_id, configuration, fold, trainer, dataset / "imagesTs", predictions, device)
+        summary = self.evaluate(dataset / "labelsTs", predictions, dataset_id)
+        labels = json.loads((dataset / "dataset.json").read_text())["labels"]
+        names = {str(value): name for name, value in labels.items()}
+        reference = sorted((dataset / "labelsTs").glob("*.nii.gz"))[0]
+        case = reference.name[:-len(".nii.gz")]
+        figure = write_prediction_figure(dataset / "imagesTs" / f"{case}_0000.nii.gz", reference,
+                                         predictions / reference.name, labels,
+                                         predictions.with_name(f"{predictions.name}.png"),
+                                         f"{trainer} {configuration}: test case {case}")
+        return HeldOutScore(configuration, {value: values["Dice"] for value, values in summary["mean"].items()},
+                            names, figure, self.trainer_output(dataset_id, configuration, fold, trainer) / "progress.png")
+
     def trainer_output(self, dataset_id: int, configuration: str, fold: int, trainer: str,
                        plans: str = "nnUNetPlans") -> Path:
         dataset = self.dataset_folder(dataset_id).name
         return self.results / dataset / f"{trainer}__{plans}__{configuration}" / f"fold_{fold}"
+
+
+@dataclass
+class HeldOutScore:
+    """What :meth:`NnUNetWorkspace.score_test_set` found: Dice per label and the pictures to look at."""
+
+    configuration: str
+    dice: dict  # label value (a string, as in nnU-Net's summary.json) -> mean Dice over the test cases
+    label_names: dict  # label value (string) -> name in dataset.json
+    figure: Path  # a test case's image, reference and prediction
+    progress: Path  # nnU-Net's training curves
+
+    def report(self) -> str:
+        dice = ", ".join(f"{value} {self.label_names[value]} {dice:.3f}" for value, dice in self.dice.items())
+        return (f"  {self.configuration}: test Dice per label: {dice}\n"
+                f"  {self.configuration}: pictures: {self.figure} (test case), {self.progress} (training curves)")
 
 
 def write_untrained_results_folder(trainer, results_dataset_folder: str | Path) -> Path:
@@ -118,3 +153,59 @@ def write_untrained_results_folder(trainer, results_dataset_folder: str | Path) 
     (folder / "dataset.json").write_text(json.dumps(trainer.dataset_json))
     trainer.save_checkpoint(str(folder / f"fold_{trainer.fold}" / "checkpoint_final.pth"))
     return folder
+
+
+#: label colours of the prediction figures (label 1, 2, ...; background stays unpainted)
+LABEL_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
+
+
+def figure_slice(reference) -> int:
+    """The slice (first axis) a figure of a 3D case shows: the middle one of those that show the most of the
+    reference's labels, so that no label is left out of the picture when one slice can show them all."""
+    import numpy as np
+
+    present = [len(set(np.unique(s).tolist()) - {0}) for s in reference]
+    best = [i for i, count in enumerate(present) if count == max(present)]
+    return best[len(best) // 2]
+
+
+def write_prediction_figure(image_file: Path, reference_file: Path, prediction_file: Path, labels: dict,
+                            png_file: Path, title: str) -> Path:
+    """One PNG: the case's image, its reference and the prediction side by side (a 3D case at
+    :func:`figure_slice`), with a legend of the labels (``labels``: dataset.json's name -> value)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import SimpleITK as sitk
+    from matplotlib.colors import to_rgba
+    from matplotlib.patches import Patch
+
+    image, reference, prediction = (sitk.GetArrayFromImage(sitk.ReadImage(str(f)))
+                                    for f in (image_file, reference_file, prediction_file))
+    if image.ndim == 3:
+        index = figure_slice(reference)
+        image, reference, prediction = image[index], reference[index], prediction[index]
+        title = f"{title}, slice {index}"
+    foreground = {name: int(value) for name, value in labels.items() if int(value) != 0}
+    with plt.style.context("default"):  # nnU-Net's progress plot leaves seaborn's large fonts in the global style
+        figure, axes = plt.subplots(1, 3, figsize=(8.4, 3.4))
+        for axis, (panel, label_map) in zip(axes, [("image", None), ("reference", reference),
+                                                   ("prediction", prediction)]):
+            axis.imshow(image, cmap="gray", interpolation="nearest")
+            if label_map is not None:
+                overlay = np.zeros((*label_map.shape, 4))
+                for value in foreground.values():
+                    overlay[label_map == value] = to_rgba(LABEL_COLOURS[(value - 1) % len(LABEL_COLOURS)], alpha=0.65)
+                axis.imshow(overlay, interpolation="nearest")
+            axis.set_title(panel)
+            axis.axis("off")
+        figure.legend(handles=[Patch(color=LABEL_COLOURS[(value - 1) % len(LABEL_COLOURS)], label=f"{value} = {name}")
+                               for name, value in foreground.items()], loc="lower center", ncol=len(foreground),
+                      frameon=False)
+        figure.suptitle(title)
+        figure.tight_layout(rect=(0, 0.08, 1, 1))
+        figure.savefig(png_file, dpi=80)
+        plt.close(figure)
+    return Path(png_file)

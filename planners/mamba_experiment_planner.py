@@ -15,9 +15,7 @@ from nnunet_mamba.architectures.registry import (
 )
 from nnunet_mamba.planning.memory_model import MemoryEstimate, TrainingMemoryModel
 from nnunet_mamba.planning.patch_search import Topology, batch_size_for, fit_patch_to_budget
-
-#: key of each planned configuration that records what it was planned for
-PLANNING_KEY = "nnunet_mamba"
+from nnunet_mamba.planning.record import PLANNING_KEY
 #: networks kept built at once: full-size networks are large, and the search visits few topologies at a time
 NETWORKS_KEPT = 3
 
@@ -69,6 +67,7 @@ class MambaExperimentPlanner(ExperimentPlanner):
         plan["batch_size"] = batch_size
         self._record_topology(plan["architecture"]["arch_kwargs"], topology, len(spacing))
         planned = dataclasses.replace(estimate, batch_size=batch_size)
+        # "network" is what a trainer compares its own network_name with (nnunet_mamba.planning.record)
         plan[PLANNING_KEY] = {
             "network": self.network_entry.name,
             "gpu_memory_gb": self.UNet_vram_target_GB,

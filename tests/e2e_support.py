@@ -40,11 +40,7 @@ def random_training_batch(trainer, generator: torch.Generator, num_labels: int =
 
 def held_out_dice(workspace: NnUNetWorkspace, configuration: str, trainer: str, predictions_name: str) -> dict:
     """Dice per label of fold 0's ``nnUNetv2_predict`` of the test images, by nnU-Net's evaluation."""
-    dataset = workspace.dataset_folder(DATASET_ID)
-    predictions = workspace.root / predictions_name
-    workspace.predict(DATASET_ID, configuration, 0, trainer, dataset / "imagesTs", predictions)
-    summary = workspace.evaluate(dataset / "labelsTs", predictions, DATASET_ID)
-    return {label: values["Dice"] for label, values in summary["mean"].items()}
+    return workspace.score_test_set(DATASET_ID, configuration, trainer, workspace.root / predictions_name).dice
 
 
 def predict_test_images(workspace: NnUNetWorkspace, configuration: str, trainer: str, predictions_name: str) -> Path:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_mamba.ops import cuda_kernel_status, resolve_backend, selective_scan
+from nnunet_mamba.ops import cuda_kernel_status, resolve_backend, selective_scan, selective_scan_ref
 from nnunet_mamba.ops.scan_triton import triton_status
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -60,11 +60,9 @@ requires_triton_gpu = pytest.mark.skipif(
 
 
 def _float64_reference_on_cpu(tensors):
-    """The float64 sequential reference (tests/test_selective_scan.py) on CPU copies of ``tensors``."""
-    from test_selective_scan import reference_scan
-
+    """The float64 sequential reference on CPU copies of ``tensors``."""
     leaves = {k: (v.detach().double().cpu().requires_grad_() if v is not None else None) for k, v in tensors.items()}
-    return _run(reference_scan, leaves)
+    return _run(selective_scan_ref, leaves)
 
 
 @requires_triton_gpu

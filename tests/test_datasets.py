@@ -1,7 +1,6 @@
 """Converters on tiny fake source trees laid out like the official downloads."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -13,20 +12,19 @@ import numpy as np
 import pytest
 
 from nnunet_mamba.datasets import CONVERTERS, ConversionError, SourceOptions, convert
-
-SPACING_XYZ = (0.8, 0.8, 3.0)
-
-
-def write_nifti(path: Path, array: np.ndarray, spacing_xyz=SPACING_XYZ, origin=(0.0, 0.0, 0.0), direction=None) -> None:
-    import SimpleITK as sitk
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    image.SetSpacing(spacing_xyz)
-    image.SetOrigin(origin)
-    if direction is not None:
-        image.SetDirection(direction)
-    sitk.WriteImage(image, str(path))
+from support import (
+    OFFICIAL_AMOS_LABELS,
+    SPACING_XYZ,
+    X_FLIPPED,
+    assert_nothing_written,
+    ct_volume,
+    label_volume,
+    make_isic_part,
+    run_convert,
+    write_mask,
+    write_nifti,
+    write_rgb,
+)
 
 
 def read_array(path: Path) -> np.ndarray:
@@ -35,25 +33,10 @@ def read_array(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def ct_volume(rng, shape=(6, 12, 12)) -> np.ndarray:
-    return rng.integers(-200, 200, shape).astype(np.int16)
-
-
-def label_volume(num_labels: int, shape=(6, 12, 12)) -> np.ndarray:
-    """Every label value 0..num_labels present, so a remapping is visible for each one."""
-    labels = np.zeros(shape, np.uint8)
-    labels.reshape(-1)[: num_labels + 1] = np.arange(num_labels + 1)
-    return labels
-
-
 def verify(folder: Path) -> None:
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
     verify_dataset_integrity(str(folder), num_processes=1)
-
-
-def assert_nothing_written(out_root: Path) -> None:
-    assert not out_root.exists() or list(out_root.iterdir()) == []
 
 
 def dataset_json(folder: Path) -> dict:
@@ -143,10 +126,6 @@ def test_existing_dataset_and_clashing_ids_are_refused(synapse_src, tmp_path):
 
 # --- AMOS ----------------------------------------------------------------------------------------
 
-OFFICIAL_AMOS_LABELS = ["background", "spleen", "right kidney", "left kidney", "gall bladder", "esophagus", "liver",
-                        "stomach", "arota", "postcava", "pancreas", "right adrenal gland", "left adrenal gland",
-                        "duodenum", "bladder", "prostate/uterus"]
-
 
 @pytest.fixture(scope="module")
 def amos_src(tmp_path_factory) -> Path:
@@ -207,7 +186,6 @@ def test_amos_unexpected_label_value_names_the_file(amos_src, tmp_path):
 
 
 LITS_ORIGIN = (-150.0, -120.0, -300.0)
-X_FLIPPED = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -265,32 +243,6 @@ def test_lits_unexpected_label_and_size_mismatch(lits_src, tmp_path):
 
 
 # --- ISIC and PH2 --------------------------------------------------------------------------------
-
-
-def write_rgb(path: Path, size=(20, 16), fmt=None) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(len(str(path))).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, format=fmt)
-
-
-def write_mask(path: Path, size=(20, 16), value=255) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mask = np.zeros((size[1], size[0]), np.uint8)
-    mask[4:10, 5:15] = value
-    Image.fromarray(mask).save(path)
-
-
-def make_isic_part(root: Path, images: str, masks: str | None, ids, superpixels=False) -> None:
-    for case in ids:
-        write_rgb(root / images / f"ISIC_{case:07d}.jpg", fmt="JPEG")
-        if superpixels:
-            write_rgb(root / images / f"ISIC_{case:07d}_superpixels.png")
-        if masks:
-            write_mask(root / masks / f"ISIC_{case:07d}_segmentation.png")
 
 
 @pytest.fixture
@@ -359,15 +311,6 @@ def ph2_src(tmp_path) -> Path:
         write_mask(root / case / f"{case}_lesion" / f"{case}_lesion.bmp")
         write_rgb(root / case / f"{case}_roi" / f"{case}_R1_Label4.bmp", fmt="BMP")
     return tmp_path / "PH2Dataset"
-
-
-def run_convert(argv) -> int:
-    from nnunet_mamba.commands import convert as convert_command
-
-    parser = argparse.ArgumentParser()
-    convert_command.register(parser.add_subparsers())
-    args = parser.parse_args(["convert", *argv])
-    return args.func(args)
 
 
 def test_ph2_command_converts_bmp_cases(ph2_src, tmp_path, capsys):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_datasets import (
+from support import (
     OFFICIAL_AMOS_LABELS,
     X_FLIPPED,
     assert_nothing_written,
@@ -221,6 +221,111 @@ def test_existing_split_is_kept_without_overwrite_and_stale_plans_are_named(amos
     assert "nnUNetv2_plan_and_preprocess -d 67 --clean" in err
     # The same split again replaces nothing, so it needs no --overwrite.
     convert("amos-ct", amos_mini, 67, tmp_path / "raw2", 1, preprocessed_root=pre)
+
+
+# --- 4. output folders that cannot be written ------------------------------------------------------
+
+
+def test_unwritable_preprocessed_root_is_refused_before_the_raw_dataset_is_written(amos_mini, tmp_path, capsys):
+    blocker = tmp_path / "a_file"  # a folder that cannot be made (as a read-only mount, without needing one)
+    blocker.write_text("")
+    raw = tmp_path / "raw"
+    argv = ["amos-ct", "--src", str(amos_mini), "-d", "71", "--out", str(raw), "-np", "1"]
+    assert run_convert([*argv, "--preprocessed", str(blocker / "pre")]) == 1
+    assert one_line_error(capsys.readouterr().err) == (
+        f"error: cannot write to {blocker / 'pre' / 'Dataset071_AMOS2022CT'} (--preprocessed or "
+        f"$nnUNet_preprocessed): {blocker}: Not a directory; nothing was written")
+    assert_nothing_written(raw)
+    # so the same command with a usable folder needs no --overwrite
+    assert run_convert([*argv, "--preprocessed", str(tmp_path / "pre")]) == 0
+    assert (tmp_path / "pre" / "Dataset071_AMOS2022CT" / "splits_final.json").is_file()
+
+
+def _read_only_below(root: Path, monkeypatch) -> None:
+    """Make every file or folder creation under ``root`` fail as on a read-only mount (root ignores chmod)."""
+    import errno
+
+    for name in ("open", "mkdir"):
+        real = getattr(os, name)
+
+        def refuse(path, *args, _real=real, **kwargs):
+            if Path(os.fsdecode(path)).is_relative_to(root):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+            return _real(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, refuse)
+
+
+def test_read_only_out_is_one_line_naming_it(amos_mini, tmp_path, monkeypatch, capsys):
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    _read_only_below(read_only, monkeypatch)
+    assert run_convert(["amos-ct", "--src", str(amos_mini), "-d", "72", "--out", str(read_only), "-np", "1"]) == 1
+    assert one_line_error(capsys.readouterr().err) == (
+        f"error: cannot write to {read_only} (--out or $nnUNet_raw): {read_only}: Read-only file system; "
+        f"nothing was written")
+    monkeypatch.undo()
+    assert_nothing_written(read_only)
+
+
+def test_full_disk_is_one_line_naming_the_folder_and_removes_the_staging(amos_mini, tmp_path, monkeypatch, capsys):
+    import errno
+
+    def disk_full(source, destination, *args, **kwargs):  # as a real ENOSPC: no file name in the error
+        Path(destination).write_bytes(b"\x1f\x8b")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    raw = tmp_path / "raw"
+    monkeypatch.setattr(shutil, "copyfile", disk_full)
+    assert run_convert(["amos-ct", "--src", str(amos_mini), "-d", "73", "--out", str(raw), "-np", "1"]) == 1
+    assert one_line_error(capsys.readouterr().err) == (
+        f"error: cannot write Dataset073_AMOS2022CT into {raw} (--out or $nnUNet_raw): No space left on device; "
+        f"removed the unfinished output, nothing is left there")
+    assert_nothing_written(raw)
+
+
+def test_a_split_that_cannot_be_placed_after_all_says_the_raw_dataset_is_complete(amos_mini, tmp_path, monkeypatch,
+                                                                                   capsys):
+    import errno
+
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    real_replace = os.replace
+
+    def disk_full_in_pre(source, destination, *args, **kwargs):  # after the write test passed
+        if Path(destination).is_relative_to(pre):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fsdecode(source))
+        return real_replace(source, destination, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", disk_full_in_pre)
+    argv = ["amos-ct", "--src", str(amos_mini), "-d", "75", "--out", str(raw), "--preprocessed", str(pre), "-np", "1"]
+    assert run_convert(argv) == 1
+    folder = raw / "Dataset075_AMOS2022CT"
+    assert one_line_error(capsys.readouterr().err) == (
+        f"error: cannot write splits_final.json into {pre / folder.name}: No space left on device. The dataset "
+        f"{folder} is complete (with its split); place the split by "
+        f"hand: mkdir -p {pre / folder.name} && cp {folder / 'splits_final.json'} {pre / folder.name}/")
+    assert json.loads((folder / "splits_final.json").read_text()) == [{"train": ["amos_0001"], "val": ["amos_0008"]}]
+    assert list((pre / folder.name).iterdir()) == []  # no half-written split
+
+
+def test_a_volume_written_short_is_an_error_not_a_dataset(amos_mini, tmp_path, monkeypatch, capsys):
+    """SimpleITK's NIfTI writer meets a full disk with a printed line and a short file, no exception."""
+    import SimpleITK as sitk
+
+    real_write = sitk.WriteImage
+
+    def short_write(image, path, *args, **kwargs):
+        real_write(image, path, *args, **kwargs)
+        cut(Path(path), 0.5)
+
+    raw = tmp_path / "raw"
+    monkeypatch.setattr(sitk, "WriteImage", short_write)
+    assert run_convert(["amos-ct", "--src", str(amos_mini), "-d", "74", "--out", str(raw), "-np", "1"]) == 1
+    error = one_line_error(capsys.readouterr().err)
+    assert error.startswith(f"error: cannot write Dataset074_AMOS2022CT into {raw} (--out or $nnUNet_raw): {raw}/")
+    assert error.endswith("/labelsTr/amos_0001.nii.gz: written incomplete (is the disk full?); removed the "
+                          "unfinished output, nothing is left there")
+    assert_nothing_written(raw)
 
 
 # --- 5. dataset ids used elsewhere -----------------------------------------------------------------

@@ -10,8 +10,9 @@ import re
 import numpy as np
 import pytest
 import torch
+from matplotlib.image import imread
 
-from e2e_support import DATASET_ID, held_out_dice, predict_test_images
+from e2e_support import DATASET_ID, predict_test_images
 from nnunet_mamba.training.loss_terms import PLOT_NAME
 from nnunet_mamba.training.self_distillation import TERM_NAMES
 from nnunet_mamba.training.trainer_base import COMPILE_DISABLED_REASON, TRAINING_MODULES_KEY
@@ -55,10 +56,18 @@ def test_killed_run_resumes_from_its_latest_checkpoint_and_learns(nnunet_workspa
     assert _adam_steps(final) == {8 * 25}
     assert any(k.startswith("decoder.seg_layers.") for k in final["network_weights"])
 
-    dice = held_out_dice(workspace, "2d", TRAINER, "pred_2d")
+    # what the demo does after training: predict and score the test images, draw one
+    score = workspace.score_test_set(DATASET_ID, "2d", TRAINER, workspace.root / "pred_2d")
+    dice = score.dice
     # an empty prediction scores 0 on both labels; a network that learned scores clearly above it
     # (seen on 2 cores: 0.72 / 0.71)
     assert min(dice["1"], dice["2"]) > 0.2 and (dice["1"] + dice["2"]) / 2 > 0.4, dice
+    assert score.report().splitlines() == [
+        f"  2d: test Dice per label: 1 sphere {dice['1']:.3f}, 2 cube {dice['2']:.3f}",
+        f"  2d: pictures: {workspace.root / 'pred_2d.png'} (test case), {output / 'progress.png'} (training curves)"]
+    picture = imread(score.figure)
+    assert picture.shape[2] in (3, 4) and picture.shape[1] > 2 * picture.shape[0]  # three panels side by side
+    assert score.figure.stat().st_size < 200_000 and score.progress.is_file()
     validation = json.loads((output / "validation" / "summary.json").read_text())
     assert validation["foreground_mean"]["Dice"] > 0.4, validation["foreground_mean"]  # seen: 0.76
 

@@ -1,7 +1,6 @@
 """Metrics against hand-computed truths, empty-mask rules, protocols and the evaluate command."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -16,6 +15,7 @@ from nnunet_mamba.evaluation.metrics import (
     score_region,
 )
 from nnunet_mamba.evaluation.protocols import EvalClass, ProtocolError, resolve_classes, summarize
+from support import run_evaluate
 
 
 def box(shape, start, stop):
@@ -205,15 +205,6 @@ def test_lits_liver_includes_tumour_and_reports_global_dice():
 
 
 # --- the command ---------------------------------------------------------------------------------
-
-
-def run_evaluate(argv):
-    from nnunet_mamba.commands import evaluate
-
-    parser = argparse.ArgumentParser()
-    evaluate.register(parser.add_subparsers())
-    args = parser.parse_args(["evaluate", *argv])
-    return args.func(args)
 
 
 def write_volume(path, array, spacing_zyx):

@@ -6,10 +6,9 @@ import os
 
 import numpy as np
 import pytest
-from test_evaluation import run_evaluate
+from support import X_FLIPPED, run_evaluate
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-X_FLIPPED = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 SPACING_XYZ = (0.8, 0.9, 2.5)
 
 
@@ -106,6 +105,26 @@ def test_label_values_outside_dataset_json_are_an_error(tmp_path, capsys):
     (ref_dir.parent / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "lesion": 1}}))
     assert evaluate(pred_dir, ref_dir, "--protocol", "isic") == 1
     assert f"the labels of {ref_dir.parent / 'dataset.json'}" in error_line(capsys)
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+@pytest.mark.parametrize("role, name", [("pred", "case_1.nii.gz"), ("ref", "case_1.nii.gz"), ("pred", "case_1.nrrd")])
+def test_non_finite_voxels_are_refused_naming_the_file(folders, capsys, bad_value, role, name):
+    import SimpleITK as sitk
+
+    pred_dir, ref_dir = folders
+    folder = pred_dir if role == "pred" else ref_dir
+    (folder / "case_1.nii.gz").unlink()
+    labels = reference().astype(np.float32)
+    labels[0, 0, 7] = bad_value  # in the background; SimpleITK reads a NIfTI NaN as 0, so it scored as background
+    image = sitk.GetImageFromArray(labels)
+    image.SetSpacing(SPACING_XYZ)
+    sitk.WriteImage(image, str(folder / name))
+    assert evaluate(pred_dir, ref_dir) == 1
+    assert error_line(capsys) == (
+        f"error: {folder / name}: 1 voxel(s) are NaN or infinite, which is no label value; a segmentation "
+        f"holds the integer labels of dataset.json: write it again from the network's output (argmax)")
+    assert not (pred_dir / "evaluation_nnunet").exists()
 
 
 def test_unknown_prediction_labels_without_dataset_json_are_flagged(folders, capsys):

@@ -117,7 +117,7 @@ def test_dkd_with_every_pixel_ignored_is_zero():
     assert torch.count_nonzero(student.grad) == 0
 
 
-def test_two_class_dkd_is_the_official_scaled_bernoulli_kl_and_ignores_beta():
+def test_two_class_exact_dkd_is_the_scaled_bernoulli_kl_and_ignores_beta():
     generator = torch.Generator().manual_seed(2)
     student = torch.randn(2, 2, 4, 3, generator=generator) * 2
     teacher = torch.randn(2, 2, 4, 3, generator=generator) * 2
@@ -133,12 +133,63 @@ def test_two_class_dkd_is_the_official_scaled_bernoulli_kl_and_ignores_beta():
 
     official = decoupled_kd(student, teacher, target, alpha=8.0, beta=8.0, temperature=1.0)
     assert official.item() == pytest.approx(8.0 * bernoulli_kl_mean(1.0), rel=1e-5)
+    # no probability here is beyond the official clamp, which therefore changes nothing
+    clamped = decoupled_kd(student, teacher, target, alpha=8.0, beta=8.0, temperature=1.0, probability_clamp=1e-6)
+    assert clamped.item() == pytest.approx(official.item(), rel=1e-6)
     softened = decoupled_kd(student, teacher, target, alpha=3.0, beta=8.0, temperature=2.0)
     assert softened.item() == pytest.approx(3.0 * 4.0 * bernoulli_kl_mean(2.0), rel=1e-5)
     # NCKD is zero for two classes, so beta and the labels have no effect
     for beta, labels in [(0.0, target), (100.0, target), (8.0, 1 - target), (8.0, torch.zeros_like(target))]:
         other = decoupled_kd(student, teacher, labels, alpha=8.0, beta=beta, temperature=1.0)
         assert other.item() == pytest.approx(official.item(), rel=1e-6)
+
+
+# (teacher, student) logit differences z_fg - z_bg: both saturated the opposite ways, teacher saturated, student
+# saturated, neither (beyond the clamp means |difference| > 13.8)
+SATURATION_CASES = [(30.0, -30.0), (30.0, 5.0), (-3.0, 25.0), (1.0, -1.0)]
+
+
+def _official_binary_kl(teacher_difference, student_difference, clamp):
+    """train_distillation.py's per-pixel term, by hand in float64: p_fg = sigmoid, both clamped, Bernoulli KL."""
+    def probability(difference):
+        p = 1 / (1 + math.exp(-difference))
+        return p if clamp is None else min(max(p, clamp), 1 - clamp)
+    t, s = probability(teacher_difference), probability(student_difference)
+    return t * (math.log(t) - math.log(s)) + (1 - t) * (math.log(1 - t) - math.log(1 - s))
+
+
+def _saturation_logits():
+    teacher = torch.tensor([[0.0, t] for t, _ in SATURATION_CASES]).T.reshape(1, 2, 1, 4)
+    student = torch.tensor([[0.0, s] for _, s in SATURATION_CASES]).T.reshape(1, 2, 1, 4).requires_grad_()
+    return student, teacher
+
+
+def test_default_dkd_is_the_official_clamped_kl_at_saturation():
+    student, teacher = _saturation_logits()
+    target = torch.tensor([1.0, 0.0, 1.0, 0.0]).view(1, 1, 1, 4)
+    default = hybrid_distillation_terms(student, teacher, target, terms=("dkd",))["dkd"]
+    official = [_official_binary_kl(t, s, 1e-6) for t, s in SATURATION_CASES]
+    assert official[0] == pytest.approx(13.8155, abs=1e-4)  # the cap: log((1 - 1e-6) / 1e-6) (1 - 2e-6)
+    assert default.item() == pytest.approx(8.0 * sum(official) / 4, rel=1e-5)
+    # the exact KL, a named option, is about twice as large here (30 nats on the first pixel instead of 13.8)
+    exact_config = HybridDistillationConfig(dkd_probability_clamp=None)
+    exact = hybrid_distillation_terms(student, teacher, target, exact_config, terms=("dkd",))["dkd"]
+    unclamped = [_official_binary_kl(t, s, None) for t, s in SATURATION_CASES]
+    assert exact.item() == pytest.approx(8.0 * sum(unclamped) / 4, rel=1e-5)
+    assert exact.item() > 1.9 * default.item()
+
+    # no gradient where the student is beyond the clamp (pixels 0 and 2), as in the official code
+    (student_gradient,) = torch.autograd.grad(default, student)
+    per_pixel = student_gradient.abs().sum(dim=1).flatten()
+    assert per_pixel[0] == 0 and per_pixel[2] == 0 and per_pixel[1] > 0 and per_pixel[3] > 0
+    (exact_gradient,) = torch.autograd.grad(exact, student)
+    assert (exact_gradient.abs().sum(dim=1).flatten() > 0).all()
+
+
+def test_trainer_distils_with_the_official_clamp():
+    from nnunet_mamba.discovery import load_trainer
+
+    assert load_trainer("nnUNetTrainerUltraLBMUNetT").distillation_config.dkd_probability_clamp == 1e-6
 
 
 def test_dkd_is_finite_for_saturated_logits():
@@ -285,6 +336,8 @@ def test_terms_vanish_when_student_equals_teacher(spatial):
     ("dkd_beta", float("nan"), "dkd_beta must be a non-negative"),
     ("dkd_temperature", 0.0, "dkd_temperature must be a positive"),
     ("attention_temperature", -0.5, "attention_temperature must be a positive"),
+    ("dkd_probability_clamp", 0.5,
+     r"probability_clamp must be None \(the exact KL\) or a number in \(0, 0.5\), got 0.5"),
 ])
 def test_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -6,7 +6,6 @@ patch and batch to; here it must agree within 15% with what a training-mode forw
 registered network in 2D and 3D over several patch sizes (poolings as nnU-Net's planner gives them). The
 figures are in docs/benchmarks.md (``python -m nnunet_mamba.planning.comparison --memory-model``).
 """
-import math
 
 import pytest
 import torch
@@ -63,11 +62,24 @@ def test_vss_block_inventory_counts_what_the_block_saves(monkeypatch, spatial_di
     """The per-layer inventory VM-UNet's estimate is built from, for one VSS block and the numba scan (the CPU
     default, whose saved chunk states it counts): exact when written; 2% leaves room for small changes."""
     from nnunet_mamba.blocks.vss import VSSBlock
-    from nnunet_mamba.planning.activations import vss_block_saved_elements
 
     monkeypatch.setenv("NNUNET_MAMBA_SCAN", "numba")
     torch.manual_seed(0)
     block = VSSBlock(32, spatial_dims)
     measured = saved_activation_elements(_ChannelsFirst(block), shape, 32)
-    estimated = vss_block_saved_elements(block, math.prod(shape))
+    estimated = block.compute_conv_feature_map_size(shape)
+    assert abs(estimated - measured) <= 0.02 * measured, (estimated, measured)
+
+
+def test_estimate_counts_the_input_padded_to_the_total_stride(monkeypatch):
+    """A patch that is not a multiple of the total stride is padded before the stem, and every full-resolution
+    layer works on the padded grid (here 36 x 40 -> 64 x 64): the estimate counts that grid."""
+    from nnunet_mamba.architectures.vm_unet import VMUNet
+
+    monkeypatch.setenv("NNUNET_MAMBA_SCAN", "numba")
+    torch.manual_seed(0)
+    network = VMUNet(MEMORY_MODEL_INPUT_CHANNELS, 3, torch.nn.Conv2d, embed_dim=16, encoder_depths=(1, 1, 1, 1),
+                     decoder_depths=(1, 1, 1, 1), drop_path_rate=0.0)
+    measured = saved_activation_elements(network, (36, 40), MEMORY_MODEL_INPUT_CHANNELS)
+    estimated = network.compute_conv_feature_map_size([36, 40])
     assert abs(estimated - measured) <= 0.02 * measured, (estimated, measured)

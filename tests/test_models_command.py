@@ -19,6 +19,14 @@ def test_models_lists_every_network_with_counts_and_every_trainer(capsys):
         assert re.search(rf"^  {trainer}\s+{trainer_class.network_name}\s+\S", out, flags=re.M), trainer
 
 
+def test_every_trainer_says_whose_protocol_it_follows():
+    # the README's legend: official (the authors' code), the paper (its text), nnU-Net's, or ours
+    for trainer, trainer_class in discovery.our_trainers().items():
+        summary = (trainer_class.__doc__ or "").strip().split("\n")[0]
+        assert re.match(r"(Official|Ours|nnU-Net protocol|The paper's|VM-UNet's official)", summary), (trainer,
+                                                                                                         summary)
+
+
 def test_version_names_ours_and_the_stack(capsys):
     with pytest.raises(SystemExit) as exit_code:
         main(["--version"])

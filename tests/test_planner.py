@@ -51,8 +51,9 @@ def test_memory_model_adds_up_a_training_step():
 def test_usable_bytes_leave_the_cuda_context_and_headroom():
     model = TrainingMemoryModel()
     assert model.usable_bytes(8) == int((8 * GIB - GIB // 2) * 0.9)
-    with pytest.raises(ValueError, match="GPU memory budget must be positive, got 0 GB"):
-        model.usable_bytes(0)
+    for budget in (0, -1, math.nan, math.inf):
+        with pytest.raises(ValueError, match=f"GPU memory budget must be positive and finite, got {budget} GB"):
+            model.usable_bytes(budget)
 
 
 def _voxel_estimator(bytes_per_voxel=10, fixed=1000):
@@ -101,6 +102,30 @@ def test_batch_size_fills_the_budget_capped_by_five_percent_of_the_dataset_and_a
     # 5% of 10^4 voxels is 500 voxels, five patches of 100
     assert batch_size_for(estimate, 1000 + 7 * 100, patch, approximate_n_voxels_dataset=1e4) == 5
     assert batch_size_for(estimate, 1000 + 7 * 100, patch, approximate_n_voxels_dataset=100) == 2
+
+
+@pytest.mark.parametrize("budget", ["0", "-1", "nan", "inf", "-inf"])
+def test_plan_command_refuses_a_budget_that_is_not_a_positive_number_in_one_line(budget, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["plan", "-d", "991", "--network", "vm_unet", f"--gpu-memory-gb={budget}", "--no-preprocess"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == (f"nnunet-mamba plan: error: argument --gpu-memory-gb: {budget!r} is no GPU memory "
+                                    f"budget: give the GPU's memory in GiB, a positive number such as 8, 24 or 80")
+
+
+def test_only_planned_configurations_are_preprocessed():
+    from nnunet_mamba.commands.plan import PlanningError, _configurations_to_preprocess
+
+    plans = {"dataset_name": "Dataset991_MambaTest", "configurations": {"2d": {}, "3d_fullres": {}}}
+    # by default nnU-Net's three, less the 3d_lowres that small images do not get
+    assert _configurations_to_preprocess(None, plans, "P") == ["2d", "3d_fullres"]
+    assert _configurations_to_preprocess(["3d_fullres"], plans, "P") == ["3d_fullres"]
+    with pytest.raises(PlanningError) as refused:
+        _configurations_to_preprocess(["2d", "4d", "3d_lowres"], plans, "P")
+    assert str(refused.value) == ("-c 4d 3d_lowres: the plans P of Dataset991_MambaTest have no such configuration "
+                                  "(they have 2d, 3d_fullres); nothing was preprocessed")
 
 
 def test_plan_command_names_an_unknown_network(capsys):
@@ -152,6 +177,11 @@ def test_plan_command_writes_fitted_plans_that_nnunet_trains_on(nnunet_workspace
     log = next(workspace.trainer_output(DATASET_ID, "3d_fullres", 0, TRAINER, plans=PLANS).glob("training_log_*.txt"))
     assert "'patch_size': [24, 32, 32]" in log.read_text()
 
+    # a configuration the plans do not have is refused, not reported ready (nothing to train on)
+    with pytest.raises(RuntimeError, match=r"error: -c 4d: the plans nnUNetMambaPlans_vm_unet_8G of "
+                                           r"Dataset991_MambaTest have no such configuration \(they have 2d, "
+                                           r"3d_fullres\); nothing was preprocessed"):
+        workspace.run("nnunet-mamba", "plan", "-d", str(DATASET_ID), "--network", "vm_unet", "-c", "4d")
     # a budget too small for the network, and a dataset nnU-Net has not fingerprinted, are named errors
     with pytest.raises(RuntimeError, match=r"budget is too small for any patch: .*--gpu-memory-gb"):
         workspace.run("nnunet-mamba", "plan", "-d", str(DATASET_ID), "--network", "vm_unet", "-c", "2d",

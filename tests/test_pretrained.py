@@ -1,11 +1,12 @@
 """Initialisation of VMUNet from VMamba v0 checkpoints, on synthetic checkpoints of VMamba's exact layout.
 
-The reference computations below are written from VMamba v0's published semantics (scan directions
-row-major, column-major, both reversed; merging x[0::2,0::2], x[1::2,0::2], x[0::2,1::2], x[1::2,1::2]),
-independently of our modules, so that a mapping that only matches shapes would fail them.
+The reference computations (in tests/support.py, shared with Swin-UMamba's tests) are written from VMamba
+v0's published semantics (scan directions row-major, column-major, both reversed; merging x[0::2,0::2],
+x[1::2,0::2], x[0::2,1::2], x[1::2,1::2]), independently of our modules, so that a mapping that only matches
+shapes would fail them.
 """
-import math
 import pickle
+import re
 import types
 
 import pytest
@@ -15,100 +16,7 @@ from torch import nn
 
 from nnunet_mamba.architectures import VMUNet
 from nnunet_mamba.pretrained import map_vmamba_v0_state_dict
-
-EMBED_DIM = 16
-D_STATE = 16
-CHECKPOINT_DEPTHS = (2, 2, 3, 2)  # stage 3 deeper than the network's 2 blocks, like VMamba-S's 27
-
-
-def synthetic_vmamba_v0(embed_dim=EMBED_DIM, depths=CHECKPOINT_DEPTHS, d_state=D_STATE, seed=0) -> dict:
-    """Random tensors with VMamba v0's key names and shapes (classifier with 10 classes to stay small)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return 0.3 * torch.randn(*shape, generator=g)
-
-    state = {
-        "patch_embed.proj.weight": rand(embed_dim, 3, 4, 4),
-        "patch_embed.proj.bias": rand(embed_dim),
-        "patch_embed.norm.weight": 1 + rand(embed_dim),
-        "patch_embed.norm.bias": rand(embed_dim),
-    }
-    for level, depth in enumerate(depths):
-        dim = embed_dim * 2**level
-        inner, rank = 2 * dim, math.ceil(dim / 16)
-        for block in range(depth):
-            p = f"layers.{level}.blocks.{block}."
-            state |= {
-                p + "ln_1.weight": 1 + rand(dim),
-                p + "ln_1.bias": rand(dim),
-                p + "self_attention.in_proj.weight": rand(2 * inner, dim),
-                p + "self_attention.conv2d.weight": rand(inner, 1, 3, 3),
-                p + "self_attention.conv2d.bias": rand(inner),
-                p + "self_attention.x_proj_weight": rand(4, rank + 2 * d_state, inner),
-                p + "self_attention.dt_projs_weight": rand(4, inner, rank),
-                p + "self_attention.dt_projs_bias": rand(4, inner) - 3,
-                p + "self_attention.A_logs": torch.log(torch.arange(1.0, d_state + 1)).repeat(4 * inner, 1)
-                + rand(4 * inner, d_state),
-                p + "self_attention.Ds": 1 + rand(4 * inner),
-                p + "self_attention.out_norm.weight": 1 + rand(inner),
-                p + "self_attention.out_norm.bias": rand(inner),
-                p + "self_attention.out_proj.weight": rand(dim, inner),
-            }
-        if level < len(depths) - 1:
-            state |= {
-                f"layers.{level}.downsample.norm.weight": 1 + rand(4 * dim),
-                f"layers.{level}.downsample.norm.bias": rand(4 * dim),
-                f"layers.{level}.downsample.reduction.weight": rand(2 * dim, 4 * dim),
-            }
-    top = embed_dim * 2 ** (len(depths) - 1)
-    state |= {"norm.weight": rand(top), "norm.bias": rand(top), "head.weight": rand(10, top), "head.bias": rand(10)}
-    return state
-
-
-def block_weights(state: dict, level: int, block: int) -> dict:
-    prefix = f"layers.{level}.blocks.{block}."
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def reference_v0_block(w: dict, x: torch.Tensor) -> torch.Tensor:
-    """VMamba v0's VSS block on channels-last ``x`` (B, H, W, C), with a step-by-step selective scan."""
-    batch, height, width, dim = x.shape
-    length = height * width
-    h = F.layer_norm(x, (dim,), w["ln_1.weight"], w["ln_1.bias"])
-    u, z = (h @ w["self_attention.in_proj.weight"].T).chunk(2, dim=-1)
-    inner = u.shape[-1]
-    u = F.silu(F.conv2d(u.permute(0, 3, 1, 2), w["self_attention.conv2d.weight"], w["self_attention.conv2d.bias"],
-                        padding=1, groups=inner))
-    rows = u.reshape(batch, inner, length)
-    columns = u.transpose(2, 3).reshape(batch, inner, length)
-    xs = torch.stack([rows, columns, rows.flip(-1), columns.flip(-1)], dim=1)  # (B, 4, E, L)
-    projected = torch.einsum("bkel,kce->bkcl", xs, w["self_attention.x_proj_weight"])
-    rank = w["self_attention.dt_projs_weight"].shape[-1]
-    dts, Bs, Cs = torch.split(projected, [rank, D_STATE, D_STATE], dim=2)
-    dts = torch.einsum("bkrl,ker->bkel", dts, w["self_attention.dt_projs_weight"])
-    dts = F.softplus(dts + w["self_attention.dt_projs_bias"][None, :, :, None])
-    A = -torch.exp(w["self_attention.A_logs"]).reshape(4, inner, D_STATE)
-    D = w["self_attention.Ds"].reshape(4, inner)
-    ys = torch.zeros_like(xs)
-    for k in range(4):
-        state = torch.zeros(batch, inner, D_STATE, dtype=x.dtype)
-        for t in range(length):
-            delta = dts[:, k, :, t, None]
-            state = torch.exp(delta * A[k]) * state + delta * Bs[:, k, None, :, t] * xs[:, k, :, t, None]
-            ys[:, k, :, t] = (state * Cs[:, k, None, :, t]).sum(-1) + D[k] * xs[:, k, :, t]
-    along_columns = (ys[:, 1] + ys[:, 3].flip(-1)).reshape(batch, inner, width, height).transpose(2, 3)
-    y = ys[:, 0] + ys[:, 2].flip(-1) + along_columns.reshape(batch, inner, length)
-    y = y.transpose(1, 2).reshape(batch, height, width, inner)
-    y = F.layer_norm(y, (inner,), w["self_attention.out_norm.weight"], w["self_attention.out_norm.bias"]) * F.silu(z)
-    return x + y @ w["self_attention.out_proj.weight"].T
-
-
-def reference_v0_merge(state: dict, level: int, x: torch.Tensor) -> torch.Tensor:
-    merged = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-    p = f"layers.{level}.downsample."
-    merged = F.layer_norm(merged, merged.shape[-1:], state[p + "norm.weight"], state[p + "norm.bias"])
-    return merged @ state[p + "reduction.weight"].T
+from support import EMBED_DIM, block_weights, reference_v0_block, reference_v0_merge, synthetic_vmamba_v0
 
 
 @pytest.fixture(scope="module")
@@ -326,8 +234,17 @@ def test_checkpoint_with_foreign_objects_loads_without_running_them(tmp_path, vm
     assert any("fake_yacs_config.CfgNode" in note and "_must_not_run" in note for note in report.notes)
 
 
-def test_a_file_that_is_no_checkpoint_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("content", ["not a checkpoint", "just text", ""])
+def test_a_file_that_is_no_checkpoint_is_a_clear_error(tmp_path, content):
     path = tmp_path / "notes.pth"
-    path.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="could not read .*notes.pth.* as a PyTorch checkpoint"):
+    path.write_text(content)  # "just text" made torch's legacy reader raise KeyError: 544502645
+    with pytest.raises(ValueError, match=rf"^{re.escape(repr(str(path)))} is not a PyTorch checkpoint: torch.save "
+                                         rf"writes a zip archive \(or, before torch 1.6, a pickle\), and this "
+                                         rf"file is neither$"):
         load_vmamba_pretrained(make_network(3), path)
+
+
+def test_a_legacy_pickle_checkpoint_still_loads(tmp_path, vmamba_state):
+    path = tmp_path / "legacy.pth"
+    torch.save({"model": vmamba_state}, path, _use_new_zipfile_serialization=False)
+    assert len(load_vmamba_pretrained(make_network(3), path).loaded) > 0

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from nnunet_mamba.ops import (ENV_VAR, available_backends, numba_status, resolve_backend, scan_numba,
-                              selective_scan)
-from test_selective_scan import INPUT_NAMES, assert_close, make_inputs, reference_scan, run_with_grads
+                              selective_scan, selective_scan_ref)
+from support import INPUT_NAMES, assert_close, make_inputs, run_with_grads
 
 requires_numba = pytest.mark.skipif(not numba_status()[0], reason=f"numba unavailable: {numba_status()[1]}")
 REPO = Path(__file__).resolve().parents[1]
@@ -26,10 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def numba_missing(monkeypatch):
     """Pretend numba failed to import, with the reason numba_status remembers."""
-    monkeypatch.setattr(scan_numba, "_attempted", True)
-    monkeypatch.setattr(scan_numba, "_kernels", None)
-    monkeypatch.setattr(scan_numba, "_unavailable_reason",
-                        "numba could not be imported (ModuleNotFoundError: No module named 'numba')")
+    monkeypatch.setattr(scan_numba.kernels_import, "outcome",
+                        (None, "numba could not be imported (ModuleNotFoundError: No module named 'numba')"))
 
 
 @requires_numba
@@ -53,7 +51,7 @@ def test_auto_falls_back_to_torch_without_numba(numba_missing, monkeypatch):
     assert "No module named 'numba'" in available_backends()["numba"]
     inputs = make_inputs(1, 4, 4, 10, 2)
     torch.testing.assert_close(selective_scan(**inputs, delta_softplus=True),
-                               reference_scan(**inputs, delta_softplus=True), rtol=1e-5, atol=1e-5)
+                               selective_scan_ref(**inputs, delta_softplus=True), rtol=1e-5, atol=1e-5)
 
 
 def test_forcing_numba_without_numba_explains_how_to_fix(numba_missing, monkeypatch):
@@ -82,9 +80,7 @@ def test_a_failing_numba_import_is_remembered_once_with_its_text(tmp_path, monke
         "raise ImportError('numba 0.1 needs numpy < 2')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(scan_numba, "KERNEL_MODULE", "broken_numba_kernels")
-    monkeypatch.setattr(scan_numba, "_attempted", False)
-    monkeypatch.setattr(scan_numba, "_kernels", None)
-    monkeypatch.setattr(scan_numba, "_unavailable_reason", "")
+    monkeypatch.setattr(scan_numba.kernels_import, "outcome", None)
     for _ in range(3):
         available, reason = numba_status()
         assert not available and reason == "numba could not be imported (ImportError: numba 0.1 needs numpy < 2)"
@@ -179,7 +175,7 @@ def test_many_blocks_chunks_and_threads_match_reference(monkeypatch, threads):
                                     delta_softplus=True, backend="numba")
     finally:
         torch.set_num_threads(previous)
-    ref_out, ref_grads = run_with_grads(reference_scan, inputs, INPUT_NAMES, grad_out, torch.float64,
+    ref_out, ref_grads = run_with_grads(selective_scan_ref, inputs, INPUT_NAMES, grad_out, torch.float64,
                                         delta_softplus=True)
     assert_close(out, ref_out, "output")
     for name in INPUT_NAMES:
@@ -199,7 +195,7 @@ def test_wide_blocks_and_many_states_match_reference(batch, dim, d_state, seq_le
     grad_out = torch.randn(batch, dim, seq_len, generator=torch.Generator().manual_seed(3))
     out, grads = run_with_grads(selective_scan, inputs, INPUT_NAMES, grad_out, torch.float32,
                                 delta_softplus=True, backend="numba")
-    ref_out, ref_grads = run_with_grads(reference_scan, inputs, INPUT_NAMES, grad_out, torch.float64,
+    ref_out, ref_grads = run_with_grads(selective_scan_ref, inputs, INPUT_NAMES, grad_out, torch.float64,
                                         delta_softplus=True)
     assert_close(out, ref_out, "output")
     for name in INPUT_NAMES:

@@ -15,16 +15,9 @@ import types
 import pytest
 import torch
 
-from nnunet_mamba.ops import scan_triton
+from nnunet_mamba.ops import scan_cuda, scan_triton, selective_scan_ref
 from nnunet_mamba.ops.scan_triton import selective_scan_triton, triton_status
-from test_selective_scan import (
-    INPUT_NAMES,
-    assert_close,
-    huge_step_inputs,
-    make_inputs,
-    reference_scan,
-    run_with_grads,
-)
+from support import INPUT_NAMES, assert_close, huge_step_inputs, make_inputs, run_with_grads
 
 requires_triton = pytest.mark.skipif(not triton_status()[0], reason=f"triton unavailable: {triton_status()[1]}")
 
@@ -46,7 +39,7 @@ def check_against_reference(batch, dim, d_state, seq_len, groups, bc_3d, used, s
     grad_out = torch.randn(batch, dim, seq_len, generator=torch.Generator().manual_seed(1))
     out, grads = run_with_grads(selective_scan_triton, inputs, used, grad_out, torch.float32,
                                 delta_softplus=softplus)
-    ref_out, ref_grads = run_with_grads(reference_scan, inputs, used, grad_out, torch.float64,
+    ref_out, ref_grads = run_with_grads(selective_scan_ref, inputs, used, grad_out, torch.float64,
                                         delta_softplus=softplus)
     assert_close(out, ref_out, "output")
     for name in used:
@@ -115,7 +108,7 @@ def test_huge_steps_at_chunk_borders_keep_float32_precision(interpreter, monkeyp
     inputs = {name: t[:1] if t.dim() >= 3 else t for name, t in inputs.items()}  # batch 1
     grad_out = torch.randn(1, 8, seq_len, generator=torch.Generator().manual_seed(1))
     out, grads = run_with_grads(selective_scan_triton, inputs, used, grad_out, torch.float32)
-    ref_out, ref_grads = run_with_grads(reference_scan, inputs, used, grad_out, torch.float64)
+    ref_out, ref_grads = run_with_grads(selective_scan_ref, inputs, used, grad_out, torch.float64)
     assert_close(out, ref_out, "output", tol=1e-5)
     for name in used:
         assert_close(grads[name], ref_grads[name], f"grad of {name}", tol=1e-5)
@@ -177,7 +170,7 @@ def test_empty_inputs_give_zeros_without_a_launch(interpreter, monkeypatch, batc
                                 delta_softplus=True)
     assert out.shape == (batch, dim, seq_len)
     if d_state == 0:  # y is D * u gated by z only
-        expected = reference_scan(**{name: t.double() for name, t in inputs.items()}, delta_softplus=True)
+        expected = selective_scan_ref(**{name: t.double() for name, t in inputs.items()}, delta_softplus=True)
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     for name in ("delta", "A", "B", "C", "delta_bias"):
         assert grads[name].shape == inputs[name].shape
@@ -222,9 +215,9 @@ def test_status_by_device(monkeypatch):
 
 
 def test_triton_that_fails_to_import_is_remembered_once_with_its_text(monkeypatch):
-    for name in ("_attempted", "_triton", "_unavailable_reason", "tl", "_scan_combine", "_sum_combine"):
+    for name in ("tl", "_scan_combine", "_sum_combine"):
         monkeypatch.setattr(scan_triton, name, getattr(scan_triton, name))
-    monkeypatch.setattr(scan_triton, "_attempted", False)
+    monkeypatch.setattr(scan_triton.triton_import, "outcome", None)
     imports = []
 
     def failing_import(name):
@@ -251,10 +244,10 @@ def test_interpreter_works_when_triton_was_imported_before_it_was_switched_on(tm
         "import os, sys, torch, triton.language\n"
         "os.environ['TRITON_INTERPRET'] = '1'\n"
         "from nnunet_mamba.ops.scan_triton import selective_scan_triton\n"
-        "from test_selective_scan import make_inputs, reference_scan\n"
+        "from nnunet_mamba.ops import selective_scan_ref\nfrom support import make_inputs\n"
         "inputs = make_inputs(1, 4, 4, 6, 2)\n"
         "out = selective_scan_triton(**inputs, delta_softplus=True)\n"
-        "ref = reference_scan(**{n: t.double() for n, t in inputs.items()}, delta_softplus=True)\n"
+        "ref = selective_scan_ref(**{n: t.double() for n, t in inputs.items()}, delta_softplus=True)\n"
         "print('max error', (out.double() - ref).abs().max().item())\n"
     )
     tests_dir = os.path.dirname(os.path.abspath(__file__))
@@ -314,13 +307,13 @@ def test_dispatcher_picks_triton_on_cuda_without_mamba_ssm_and_names_forced_erro
 
     dispatch = importlib.import_module("nnunet_mamba.ops.selective_scan")
 
-    monkeypatch.setattr(dispatch, "cuda_kernel_status", lambda: (False, "not installed"))
-    monkeypatch.setattr(dispatch, "triton_status", lambda device=None: (True, ""))
+    monkeypatch.setattr(scan_cuda, "cuda_kernel_status", lambda: (False, "not installed"))
+    monkeypatch.setattr(scan_triton, "triton_status", lambda device=None: (True, ""))
     cuda = torch.device("cuda")
     assert dispatch.resolve_backend(cuda, "auto", dtype=torch.float32) == "triton"
     assert dispatch.resolve_backend(cuda, "auto", dtype=torch.float64) == "torch"
-    monkeypatch.setattr(dispatch, "cuda_kernel_status", lambda: (True, ""))
+    monkeypatch.setattr(scan_cuda, "cuda_kernel_status", lambda: (True, ""))
     assert dispatch.resolve_backend(cuda, "auto", dtype=torch.float32) == "cuda"  # mamba-ssm's kernel first
-    monkeypatch.setattr(dispatch, "triton_status", lambda device=None: (False, "CPU tensors run only under X"))
+    monkeypatch.setattr(scan_triton, "triton_status", lambda device=None: (False, "CPU tensors run only under X"))
     with pytest.raises(RuntimeError, match="'triton' was forced but CPU tensors run only under X"):
         dispatch.resolve_backend(torch.device("cpu"), "triton", dtype=torch.float32)

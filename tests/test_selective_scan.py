@@ -9,82 +9,14 @@ import types
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from nnunet_mamba.ops import ENV_VAR, numba_status, resolve_backend, selective_scan
+from nnunet_mamba.ops import ENV_VAR, numba_status, resolve_backend, selective_scan, selective_scan_ref
 from nnunet_mamba.ops import scan_cuda
 from nnunet_mamba.ops import scan_torch
+from support import INPUT_NAMES, assert_close, huge_step_inputs, make_inputs, run_with_grads
 
-INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 requires_numba = pytest.mark.skipif(not numba_status()[0], reason=f"numba unavailable: {numba_status()[1]}")
 CPU_BACKENDS = ["torch", pytest.param("numba", marks=requires_numba)]
-
-
-def reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """The defining recurrence, one position at a time, in whatever dtype it is given."""
-    batch, dim, seq_len = u.shape
-    if B.dim() == 3:
-        B, C = B.unsqueeze(1), C.unsqueeze(1)
-    per_group = dim // B.shape[1]
-    B, C = B.repeat_interleave(per_group, dim=1), C.repeat_interleave(per_group, dim=1)
-    if delta_bias is not None:
-        delta = delta + delta_bias[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    state = u.new_zeros(batch, dim, A.shape[1])
-    ys = []
-    for t in range(seq_len):
-        step = delta[:, :, t, None]
-        state = torch.exp(step * A) * state + step * B[:, :, :, t] * u[:, :, t, None]
-        ys.append((state * C[:, :, :, t]).sum(-1))
-    out = torch.stack(ys, dim=-1)
-    if D is not None:
-        out = out + D[:, None] * u
-    if z is not None:
-        out = out * F.silu(z)
-    return out
-
-
-def make_inputs(batch, dim, d_state, seq_len, groups, bc_3d=False, softplus=True, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=generator)
-
-    if softplus:
-        delta = randn(batch, dim, seq_len) - 2.0  # softplus(~N(-2,1)) as in Mamba's dt init
-    else:
-        delta = F.softplus(randn(batch, dim, seq_len) - 2.0)
-    # a few very large steps: exp(delta*A) underflows to 0 and must not produce inf/nan
-    large = torch.rand(batch, dim, seq_len, generator=generator) < 0.02
-    delta = torch.where(large, torch.full_like(delta, 30.0), delta)
-    bc_shape = (batch, d_state, seq_len) if bc_3d else (batch, groups, d_state, seq_len)
-    return {
-        "u": randn(batch, dim, seq_len),
-        "delta": delta,
-        "A": -torch.exp(randn(dim, d_state)),
-        "B": randn(*bc_shape),
-        "C": randn(*bc_shape),
-        "D": randn(dim),
-        "z": randn(batch, dim, seq_len),
-        "delta_bias": 0.5 * randn(dim),
-    }
-
-
-def run_with_grads(fn, inputs, used, grad_out, dtype, **kwargs):
-    leaves = {name: inputs[name].to(dtype).clone().requires_grad_() for name in used}
-    out = fn(**leaves, **kwargs)
-    out.backward(grad_out.to(dtype))
-    return out.detach().double(), {name: leaves[name].grad.double() for name in used}
-
-
-def assert_close(actual, expected, what, tol=1e-4):
-    # gradients of A, D and delta_bias sum over batch and L; compare them relative to their size
-    scale = max(1.0, expected.abs().max().item())
-    error = (actual - expected).abs().max().item()
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    assert error <= tol * scale, f"{what}: max abs error {error:.3g} (scale {scale:.3g})"
-
 
 CASES = [
     # batch, dim, d_state, L, groups, bc_3d, with_D, with_z, with_bias, softplus
@@ -109,24 +41,11 @@ def test_backend_matches_float64_reference(batch, dim, d_state, seq_len, groups,
     grad_out = torch.randn(batch, dim, seq_len, generator=torch.Generator().manual_seed(1))
     out, grads = run_with_grads(selective_scan, inputs, used, grad_out, torch.float32,
                                 delta_softplus=softplus, backend=backend)
-    ref_out, ref_grads = run_with_grads(reference_scan, inputs, used, grad_out, torch.float64,
+    ref_out, ref_grads = run_with_grads(selective_scan_ref, inputs, used, grad_out, torch.float64,
                                         delta_softplus=softplus)
     assert_close(out, ref_out, "output")
     for name in used:
         assert_close(grads[name], ref_grads[name], f"grad of {name}")
-
-
-def huge_step_inputs(seq_len, groups, huge_positions, wide_A=False):
-    """Steps of 0.01 and, at a few positions, 1e5 (delta_softplus=False): a state reset amid slow decay.
-
-    With ``wide_A`` some |A| are ~1e-6, so even the huge steps decay the state only partly.
-    """
-    inputs = make_inputs(2, 8, 4, seq_len, groups, softplus=False)
-    inputs["delta"] = torch.full((2, 8, seq_len), 0.01)
-    inputs["delta"][..., huge_positions] = 1e5
-    if wide_A:
-        inputs["A"] = -torch.exp(torch.empty(8, 4).uniform_(-14, 1, generator=torch.Generator().manual_seed(5)))
-    return inputs
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -142,7 +61,7 @@ def test_huge_steps_among_small_ones_keep_float32_precision(seq_len, groups, hug
     inputs = huge_step_inputs(seq_len, groups, huge_positions, wide_A)
     grad_out = torch.randn(2, 8, seq_len, generator=torch.Generator().manual_seed(1))
     out, grads = run_with_grads(selective_scan, inputs, used, grad_out, torch.float32, backend=backend)
-    ref_out, ref_grads = run_with_grads(reference_scan, inputs, used, grad_out, torch.float64)
+    ref_out, ref_grads = run_with_grads(selective_scan_ref, inputs, used, grad_out, torch.float64)
     assert_close(out, ref_out, "output", tol=1e-5)
     for name in used:
         assert_close(grads[name], ref_grads[name], f"grad of {name}", tol=1e-5)
@@ -154,7 +73,7 @@ def test_float64_inputs_stay_float64(backend):
     inputs64 = {name: t.double() for name, t in inputs.items()}
     out = selective_scan(**inputs64, delta_softplus=True, backend=backend)
     assert out.dtype == torch.float64
-    torch.testing.assert_close(out, reference_scan(**inputs64, delta_softplus=True), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out, selective_scan_ref(**inputs64, delta_softplus=True), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -192,7 +111,7 @@ def test_bfloat16_inputs_return_bfloat16_computed_in_float32():
 
 def test_env_var_selects_backend(monkeypatch):
     inputs = make_inputs(1, 4, 4, 10, 1)
-    expected = reference_scan(**inputs, delta_softplus=True)
+    expected = selective_scan_ref(**inputs, delta_softplus=True)
     for value in ("torch", "auto", "AUTO", " torch ") + (("numba", " Numba ") if numba_status()[0] else ()):
         monkeypatch.setenv(ENV_VAR, value)
         torch.testing.assert_close(selective_scan(**inputs, delta_softplus=True), expected, rtol=1e-5, atol=1e-5)
@@ -211,10 +130,9 @@ def test_forcing_cuda_on_cpu_tensors_explains_how_to_fix(monkeypatch):
 
 
 def test_forcing_cuda_without_kernel_explains_how_to_fix(monkeypatch):
-    monkeypatch.setattr(scan_cuda, "_attempted", True)
-    monkeypatch.setattr(scan_cuda, "_kernel", None)
-    monkeypatch.setattr(scan_cuda, "_unavailable_reason", "mamba_ssm selective_scan_fn could not be imported "
-                                                          "(ImportError: no module named selective_scan_cuda)")
+    monkeypatch.setattr(scan_cuda.kernel_import, "outcome", (None, "mamba_ssm selective_scan_fn could not be "
+                                                                   "imported (ImportError: no module named "
+                                                                   "selective_scan_cuda)"))
     available, reason = scan_cuda.cuda_kernel_status()
     assert not available and "selective_scan_cuda" in reason
     with pytest.raises(RuntimeError, match=r"(?s)selective_scan_cuda.*pip install \.\[cuda\].*NNUNET_MAMBA_SCAN=torch"):
@@ -225,9 +143,7 @@ def test_forcing_cuda_without_kernel_explains_how_to_fix(monkeypatch):
 @pytest.fixture
 def fake_mamba_ssm(tmp_path, monkeypatch):
     """Call with the source of a fake ``mamba_ssm.ops.selective_scan_interface``; the kernel is looked up afresh."""
-    monkeypatch.setattr(scan_cuda, "_attempted", False)
-    monkeypatch.setattr(scan_cuda, "_kernel", None)
-    monkeypatch.setattr(scan_cuda, "_unavailable_reason", "")
+    monkeypatch.setattr(scan_cuda.kernel_import, "outcome", None)
     imports = types.SimpleNamespace(count=0)
     monkeypatch.setitem(sys.modules, "fake_mamba_import_counter", imports)
     for name in ("mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.selective_scan_interface", "selective_scan_cuda"):
@@ -248,7 +164,8 @@ def fake_mamba_ssm(tmp_path, monkeypatch):
 
 
 def test_mamba_ssm_that_imports_without_its_compiled_kernel_is_unavailable(fake_mamba_ssm):
-    # newer mamba-ssm guards the extension import and builds it only with MAMBA_KEEP_CUDA_BUILD=TRUE
+    # mamba-ssm's main branch (unreleased) guards the extension import and builds it only with
+    # MAMBA_KEEP_CUDA_BUILD=TRUE
     fake_mamba_ssm("selective_scan_cuda = None\n"
                    "def selective_scan_fn(*args, **kwargs):\n"
                    "    raise RuntimeError('selective_scan_cuda is not installed')\n")
@@ -284,9 +201,7 @@ def test_any_error_while_importing_mamba_ssm_is_remembered_once_with_its_text(fa
 @pytest.fixture
 def kernel_present(monkeypatch):
     """Pretend mamba-ssm's compiled kernel imported (no GPU is needed to resolve a backend)."""
-    monkeypatch.setattr(scan_cuda, "_attempted", True)
-    monkeypatch.setattr(scan_cuda, "_kernel", lambda *args, **kwargs: None)
-    monkeypatch.setattr(scan_cuda, "_unavailable_reason", "")
+    monkeypatch.setattr(scan_cuda.kernel_import, "outcome", (lambda *args, **kwargs: None, ""))
 
 
 def test_float64_never_reaches_the_cuda_kernel(kernel_present):
@@ -336,6 +251,16 @@ def test_integer_and_bool_inputs_are_refused_by_name(name, dtype):
         selective_scan(**inputs, backend="torch")
 
 
+@pytest.mark.parametrize("name", ["u", "delta", "B", "D"])
+def test_non_tensor_inputs_are_refused_by_name(name):
+    inputs = make_inputs(1, 4, 4, 10, 1)
+    inputs[name] = inputs[name].tolist()
+    optional = " or None" if name == "D" else ""
+    with pytest.raises(TypeError, match=rf"^selective_scan: {name} is a list; it must be a torch.Tensor{optional} "
+                                        rf"\(convert it with torch.as_tensor\)$"):
+        selective_scan(**inputs, backend="torch")
+
+
 def test_complex_inputs_are_refused_by_name():
     inputs = make_inputs(1, 4, 4, 10, 1)
     inputs["A"] = inputs["A"].to(torch.complex64)
@@ -359,7 +284,7 @@ def test_empty_inputs_give_empty_results_and_zero_gradients(batch, dim, d_state,
     if seq_len == 0:  # the reference cannot stack zero steps; every sum over L is 0
         ref_out, ref_grads = out.new_zeros(out.shape), {name: torch.zeros_like(grads[name]) for name in grads}
     else:
-        ref_out, ref_grads = run_with_grads(reference_scan, inputs, INPUT_NAMES, grad_out, torch.float64,
+        ref_out, ref_grads = run_with_grads(selective_scan_ref, inputs, INPUT_NAMES, grad_out, torch.float64,
                                             delta_softplus=True)
     assert out.shape == (batch, dim, seq_len)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
@@ -406,7 +331,7 @@ def test_many_slabs_and_chunks_match_reference():
     out, grads = run_with_grads(
         lambda **kw: selective_scan_torch(**kw, delta_softplus=True, slab_elements=1),
         inputs, used, grad_out, torch.float32)
-    ref_out, ref_grads = run_with_grads(reference_scan, inputs, used, grad_out, torch.float64,
+    ref_out, ref_grads = run_with_grads(selective_scan_ref, inputs, used, grad_out, torch.float64,
                                         delta_softplus=True)
     assert_close(out, ref_out, "output")
     for name in used:
@@ -476,8 +401,24 @@ def test_benchmark_mambapy_equivalent_matches_reference():
     inputs = make_inputs(2, 8, 4, 40, 4)
     torch.testing.assert_close(
         mambapy_selective_scan(**inputs, delta_softplus=True).double(),
-        reference_scan(**{n: t.double() for n, t in inputs.items()}, delta_softplus=True),
+        selective_scan_ref(**{n: t.double() for n, t in inputs.items()}, delta_softplus=True),
         rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("length", ["0", "-3"])
+def test_benchmark_scan_refuses_lengths_below_one(length, capsys):
+    from nnunet_mamba.benchmarks.scan import run_scan_benchmark
+    from nnunet_mamba.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["benchmark", "scan", "--lengths", "64", length, "--no-mambapy"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "disagree" not in err
+    assert err.splitlines()[-1] == (f"nnunet-mamba benchmark: error: argument --lengths: {length} is no sequence "
+                                    f"length: give lengths L >= 1, e.g. 1024 4096")
+    with pytest.raises(ValueError, match=rf"^scan lengths must be at least 1, got \[{length}\]$"):
+        run_scan_benchmark(lengths=(64, int(length)), verbose=False)
 
 
 def test_benchmark_command_runs(capsys):
@@ -492,3 +433,26 @@ def test_benchmark_command_runs(capsys):
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "| nnunet_mamba (torch) | 64 |" in printed
+
+
+def test_a_release_installed_without_its_kernel_says_how_to_build_it(fake_mamba_ssm):
+    # mamba-ssm <= 2.3.2.post1 imports its extension unguarded; MAMBA_SKIP_CUDA_BUILD=TRUE leaves it out
+    fake_mamba_ssm("import selective_scan_cuda\n")
+    available, reason = scan_cuda.cuda_kernel_status()
+    assert not available
+    assert reason.startswith("mamba_ssm selective_scan_fn could not be imported (ModuleNotFoundError: No module "
+                             "named 'selective_scan_cuda'): mamba-ssm is installed without its compiled kernel")
+    assert "pip install --no-build-isolation --no-cache-dir --force-reinstall --no-deps 'mamba-ssm>=2.2,<2.4'" in reason
+    assert "unless MAMBA_SKIP_CUDA_BUILD=TRUE" in reason
+    assert "main branch also needs MAMBA_KEEP_CUDA_BUILD=TRUE" in reason
+
+
+def test_no_mamba_ssm_at_all_is_said_plainly(monkeypatch):
+    monkeypatch.setattr(scan_cuda.kernel_import, "outcome", None)
+
+    def not_installed(name):
+        raise ModuleNotFoundError("No module named 'mamba_ssm'", name="mamba_ssm")  # what Python raises
+
+    monkeypatch.setattr(scan_cuda, "importlib", types.SimpleNamespace(import_module=not_installed))
+    assert scan_cuda.cuda_kernel_status() == (
+        False, 'mamba-ssm is not installed (pip install -e ".[cuda]" on a CUDA machine)')

@@ -28,7 +28,8 @@ def _select_first_channels(conv: torch.nn.Conv2d) -> None:
         conv.weight.zero_()
         for c in range(conv.out_channels):
             conv.weight[c, c % conv.in_channels] = 1.0
-        conv.bias.zero_()
+        if conv.bias is not None:
+            conv.bias.zero_()
 
 
 def test_projection_loss_matches_hand_computed_value():
@@ -74,12 +75,63 @@ def test_spatial_projection_is_a_learned_per_channel_block_map_per_axis():
     assert sum(p.numel() for p in lift.parameters()) == 2 * 2 * 3
 
 
+def test_encoder_progressive_convolves_the_deeper_teacher_down_as_the_paper_by_a_fixed_projection():
+    heads = DualSelfDistillation(DIMS, STRIDES, projection=False)
+    # the paper: Conv2D(f_2^e) to f_1^e's channels, then upsampled
+    assert [(h.channel.in_channels, h.channel.out_channels) for h in heads.encoder_progressive] == list(
+        zip(DIMS[1:], DIMS[:3]))
+    for head in heads.encoder_progressive:  # orthonormal rows, no bias, never trained
+        weight = head.channel.weight.flatten(1)
+        assert torch.allclose(weight @ weight.T, torch.eye(weight.shape[0]), atol=1e-5)
+        assert head.channel.bias is None and not head.channel.weight.requires_grad
+    with torch.no_grad():
+        for head in heads.decoder_progressive:
+            head.channel.weight.zero_()
+            head.channel.bias.zero_()
+    encoder = [torch.randn(1, 16 >> l, 16 >> l, DIMS[l]) for l in range(4)]
+    decoder = [torch.zeros(1, 16 >> l, 16 >> l, DIMS[l]) for l in range(4)]
+    loss = heads(encoder, decoder)[PROGRESSIVE]
+    # by hand: the teacher's channels projected, then bilinearly upsampled to the student's grid
+    expected = 0
+    for l in range(1, 4):
+        teacher = torch.movedim(encoder[l], -1, 1)
+        weight = heads.encoder_progressive[l - 1].channel.weight.flatten(1)
+        projected = torch.einsum("oc,bchw->bohw", weight, teacher)
+        upsampled = torch.nn.functional.interpolate(projected, scale_factor=2, mode="bilinear", align_corners=False)
+        expected = expected + ((torch.movedim(encoder[l - 1], -1, 1) - upsampled) ** 2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_student_side_option_convolves_the_shallower_student_up():
+    heads = DualSelfDistillation(DIMS, STRIDES, projection=False, encoder_progressive="student_side")
+    assert [(h.channel.in_channels, h.channel.out_channels) for h in heads.encoder_progressive] == list(
+        zip(DIMS[:3], DIMS[1:]))
+    for head in [*heads.encoder_progressive, *heads.decoder_progressive]:
+        _select_first_channels(head.channel)
+    losses = heads(_constant_levels([1, 2, 3, 4]), _constant_levels([10, 20, 30, 40]))
+    assert losses[PROGRESSIVE].item() == pytest.approx(3 * 1 + 3 * 100)
+    with pytest.raises(ValueError, match="encoder_progressive must be one of 'paper', 'student_side', got 'up'"):
+        DualSelfDistillation(DIMS, STRIDES, encoder_progressive="up")
+
+
+def test_trainers_offer_the_paper_direction_the_earlier_one_and_attached_teachers():
+    from nnunet_mamba.discovery import load_trainer
+
+    expected = {"nnUNetTrainerDSVMUNet": ("paper", True),
+                "nnUNetTrainerDSVMUNetStudentSideProgressive": ("student_side", True),
+                "nnUNetTrainerDSVMUNetAttachedTeachers": ("paper", False)}
+    for name, (mode, detach) in expected.items():
+        trainer = load_trainer(name)
+        assert (trainer.encoder_progressive, trainer.detach_distillation_teachers) == (mode, detach), name
+
+
+@pytest.mark.parametrize("mode", ["paper", "student_side"])
 @pytest.mark.parametrize("detach", [True, False])
-def test_gradients_reach_students_and_stop_at_detached_teachers(detach):
+def test_gradients_reach_students_and_stop_at_detached_teachers(detach, mode):
     torch.manual_seed(0)
     encoder = [torch.randn(1, 16 >> l, 16 >> l, DIMS[l], requires_grad=True) for l in range(4)]
     decoder = [torch.randn(1, 16 >> l, 16 >> l, DIMS[l], requires_grad=True) for l in range(4)]
-    heads = DualSelfDistillation(DIMS, STRIDES, detach_teachers=detach)
+    heads = DualSelfDistillation(DIMS, STRIDES, detach_teachers=detach, encoder_progressive=mode)
 
     losses = heads(encoder, decoder)
     losses[PROJECTION].backward(retain_graph=True)
@@ -95,11 +147,13 @@ def test_gradients_reach_students_and_stop_at_detached_teachers(detach):
     # progressive: f_4^e only teaches (encoder), f_1^d only teaches (decoder)
     assert all(f.grad is not None for f in [*encoder[:3], *decoder[1:]])
     assert (encoder[3].grad is None) == detach and (decoder[0].grad is None) == detach
-    # every learned head sits on the student side: it reads the shallower encoder level (so a detached teacher
-    # never has a head that learns to imitate its student) and learns
-    assert [head.channel.in_channels for head in heads.encoder_progressive] == DIMS[:3]
-    assert [head.channel.out_channels for head in heads.encoder_progressive] == DIMS[1:]
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.encoder_progressive.parameters())
+    # no head learns to imitate its student: the paper's teacher-side projection is fixed, the option's head sits
+    # on the shallower student and learns
+    if mode == "paper":
+        assert all(p.grad is None and not p.requires_grad for p in heads.encoder_progressive.parameters())
+    else:
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.encoder_progressive.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.decoder_progressive.parameters())
 
 
 @pytest.mark.parametrize("conv_op, strides, patch", [
@@ -123,8 +177,8 @@ def test_vm_unet_level_features_align_for_2d_3d_and_anisotropic_plans(conv_op, s
     for head, feature in zip(heads.encoder_projection, channels_first):
         assert tuple(head(feature).shape) == (2, network.level_dims[0], *level_grids[0])
     for l, head in enumerate(heads.encoder_progressive, start=1):
-        assert tuple(head(channels_first[l - 1], level_grids[l - 1]).shape) == (2, network.level_dims[l],
-                                                                               *level_grids[l - 1])
+        assert tuple(head(channels_first[l], level_grids[l - 1]).shape) == (2, network.level_dims[l - 1],
+                                                                           *level_grids[l - 1])
 
     losses = heads(levels.encoder, levels.decoder)
     total = losses[PROJECTION] + 0.5 * losses[PROGRESSIVE]

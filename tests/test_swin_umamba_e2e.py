@@ -19,7 +19,7 @@ from nnunet_mamba.architectures import get_network
 from nnunet_mamba.discovery import load_trainer
 from nnunet_mamba.training.encoder_freeze import FREEZE_STATE_KEY
 from nnunet_mamba.training.trainer_base import PRETRAINED_ENV_VAR
-from test_pretrained import synthetic_vmamba_v0
+from support import synthetic_vmamba_v0
 
 pytestmark = pytest.mark.slow
 

@@ -2,14 +2,14 @@
 
 What the official loaders (``load_pretrained_ckpt`` in nets/SwinUMamba.py and nets/SwinUMambaD.py) read: every VSS
 block, the mergings (``layers.i.downsample`` -> the merging after stage i) and, for the dagger, the patch
-embedding; never the classifier and final norm. Semantics are checked against the independent v0 references of
-tests/test_pretrained.py, so a mapping that only matched shapes would fail.
+embedding; never the classifier and final norm. Semantics are checked against the independent v0 references in
+tests/support.py, so a mapping that only matched shapes would fail.
 """
 import pytest
 import torch
 
 from nnunet_mamba.architectures.swin_umamba import SwinUMamba, SwinUMambaD
-from test_pretrained import EMBED_DIM, block_weights, reference_v0_block, reference_v0_merge, synthetic_vmamba_v0
+from support import EMBED_DIM, block_weights, reference_v0_block, reference_v0_merge, synthetic_vmamba_v0
 
 NETWORK_DEPTHS = (2, 2, 2, 2)  # the checkpoint's stage 2 has 3 blocks: its last one stays unused
 CLASSIFIER = {"norm.weight", "norm.bias", "head.weight", "head.bias"}
@@ -104,8 +104,21 @@ def test_mapped_blocks_and_merging_compute_what_vmamba_computes(checkpoint_path,
         assert torch.allclose(network.encoder.downsamples[0](x), reference_v0_merge(merge_state, 0, x), atol=1e-9)
 
 
-def test_dagger_adapts_the_rgb_kernel_to_one_channel_instead_of_leaving_it_random(checkpoint_path, vmamba_state):
+def test_dagger_leaves_a_one_channel_embedding_random_as_the_official_loader(checkpoint_path, vmamba_state):
     network = _network(SwinUMambaD, input_channels=1)
+    before = {k: v.clone() for k, v in network.encoder.patch_embed.state_dict().items()}
+    report = network.load_pretrained(checkpoint_path)
+    assert not any(key.startswith("encoder.patch_embed.") for key in report.loaded)
+    for name, value in network.encoder.patch_embed.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert {f"patch_embed.{n}" for n in ("proj.weight", "proj.bias", "norm.weight", "norm.bias")} <= set(report.unused)
+    assert any("patch embedding not loaded (input of 1 channel(s)" in note for note in report.notes)
+    _assert_encoder_blocks_and_mergings_loaded(network, report, vmamba_state)
+
+
+def test_dagger_can_adapt_the_rgb_kernel_to_one_channel(checkpoint_path, vmamba_state):
+    torch.manual_seed(0)
+    network = SwinUMambaD(1, 2, embed_dim=EMBED_DIM, encoder_depths=NETWORK_DEPTHS, adapt_rgb_embedding=True)
     report = network.load_pretrained(checkpoint_path)
     rgb = vmamba_state["patch_embed.proj.weight"]
     assert torch.allclose(network.encoder.patch_embed.proj.weight, rgb.sum(dim=1, keepdim=True), atol=1e-6)

@@ -63,7 +63,9 @@ def test_ablation_trainers_build_and_log_only_their_terms(make_trainer, trainer_
     assert {k for k in outputs[0] if k != "loss"} == terms and all(outputs[0][t] > 0 for t in terms)
     # the optimiser updates the heads with the network
     optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
-    assert {id(p) for p in trainer.bare_distillation.parameters()} <= optimised
+    heads = list(trainer.bare_distillation.parameters())
+    assert {id(p) for p in heads if p.requires_grad} <= optimised
+    assert not {id(p) for p in heads if not p.requires_grad} & optimised  # the fixed teacher-side projection
     assert {id(p) for p in trainer.network.parameters()} <= optimised
 
 
@@ -125,6 +127,24 @@ def test_checkpoint_round_trip_restores_heads_optimiser_and_terms_and_writes_vm_
     resumed_weight = resumed.bare_distillation.encoder_projection[3].channel.weight
     assert torch.equal(trainer.optimizer.state[head_weight]["exp_avg"], resumed.optimizer.state[resumed_weight]["exp_avg"])
     assert resumed.loss_term_log.values == {PROJECTION: [0.5], PROGRESSIVE: [0.5]}
+
+
+def test_a_run_with_the_earlier_student_side_heads_continues_with_them(make_trainer, tmp_path):
+    class EarlierDefault(load_trainer("nnUNetTrainerDSVMUNetQuick")):
+        encoder_progressive = "student_side"  # what nnUNetTrainerDSVMUNet trained with before the paper's direction
+
+    earlier = make_trainer(EarlierDefault)
+    earlier.initialize()
+    path = tmp_path / "checkpoint_latest.pth"
+    earlier.save_checkpoint(str(path))
+
+    resumed = make_trainer("nnUNetTrainerDSVMUNetQuick")
+    resumed.load_checkpoint(str(path))
+    assert resumed.encoder_progressive == "student_side"
+    for key, value in earlier.bare_distillation.state_dict().items():
+        assert torch.equal(resumed.bare_distillation.state_dict()[key], value), key
+    head_weight = resumed.bare_distillation.encoder_progressive[0].channel.weight
+    assert any(p is head_weight for group in resumed.optimizer.param_groups for p in group["params"])
 
 
 def test_stale_partial_checkpoints_of_dead_processes_are_swept(make_trainer, tmp_path):
@@ -196,7 +216,7 @@ def test_paper_trainers_use_the_papers_protocol(make_trainer, monkeypatch):
 
 @pytest.fixture
 def vmamba_file(tmp_path, monkeypatch):
-    from test_pretrained import synthetic_vmamba_v0
+    from support import synthetic_vmamba_v0
 
     state = synthetic_vmamba_v0(embed_dim=32, depths=(2, 2, 2, 2))  # the quick trainers' width
     torch.save({"model": state}, tmp_path / "vmamba.pth")

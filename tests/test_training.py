@@ -13,7 +13,7 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunet_mamba import discovery
 from nnunet_mamba.discovery import load_trainer
 from nnunet_mamba.training import CosineAnnealingLRScheduler
-from nnunet_mamba.training.paper_protocol import bce_dice_loss
+from nnunet_mamba.training.protocols import bce_dice_loss
 
 
 def test_cosine_schedule_endpoints_and_resume():

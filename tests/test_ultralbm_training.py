@@ -24,6 +24,10 @@ from nnunet_mamba.training.teacher import (
 
 OURS = ("nnUNetTrainerUltraLBMUNet", "nnUNetTrainerUltraLBMUNetTNoKD", "nnUNetTrainerUltraLBMUNetT",
         "nnUNetTrainerUltraLBMUNetQuick", "nnUNetTrainerUltraLBMUNetTNoKDQuick", "nnUNetTrainerUltraLBMUNetTQuick")
+#: trainer -> (trains under autocast, GLMBP's reversed pass): float32 as the official code unless named AMP
+VARIANTS = {f"nnUNetTrainerUltraLBMUNet{student}{variant}":
+            (variant == "AMP", "channel" if variant == "ChannelFlip" else "token")
+            for student in ("", "TNoKD", "T") for variant in ("", "AMP", "ChannelFlip")}
 TERMS = {"dkd_distillation": 0.5, "attention_distillation": 0.2, "edge_distillation": 0.3}
 
 
@@ -60,6 +64,16 @@ def test_paper_optimisation_and_networks(make_trainer):
     assert widths["nnUNetTrainerUltraLBMUNet"] == 34_166 - 2 * 9 * 8 + 2 * (8 + 1) == 34_040
     assert widths["nnUNetTrainerUltraLBMUNetTNoKD"] == 10_956 - 2 * 9 * 4 + 2 * (4 + 1) == 10_894
     assert widths["nnUNetTrainerUltraLBMUNetT"] == widths["nnUNetTrainerUltraLBMUNetTNoKD"]
+
+
+def test_float32_by_default_amp_and_channel_flip_variants(make_trainer):
+    assert set(VARIANTS) <= set(trainer_names())
+    for name, (amp, reverse) in VARIANTS.items():
+        trainer = make_trainer(name)
+        assert trainer.autocast_network is amp, name  # what the train step's autocast and grad scaler follow
+        network = type(trainer).build_network_architecture(
+            trainer.plans_manager, trainer.configuration_manager, 1, 3, False)
+        assert {block.reverse for block in network.modules() if hasattr(block, "reverse")} == {reverse}, name
 
 
 def _distillation_steps(student, steps=2):
@@ -144,6 +158,19 @@ def test_teacher_refusals_name_the_problem(make_trainer, teacher_2d, tmp_path, m
             normalization_schemes=["NoNormalization"])))
     with pytest.raises(TeacherError, match="4 segmentation heads .*the student's: 3"):
         load_teacher(setting, cpu, variant("heads", edit_dataset=lambda d: d["labels"].update(extra=3)))
+    # a teacher of another dataset with the very same shapes (the probe's T.otherds)
+    student_dataset = setting.dataset_name
+    with pytest.raises(TeacherError, match=f"dataset 'Dataset991_Other' \\(the student's: '{student_dataset}'\\)"
+                                           f".*train the teacher on {student_dataset} with -p nnUNetPlans"):
+        load_teacher(setting, cpu, variant("dataset", edit_plans=lambda p: p.update(dataset_name="Dataset991_Other")))
+    renamed = {"background": 0, "liver": 1, "tumor": 2}
+    assert setting.labels.keys() != renamed.keys() and len(setting.labels) == len(renamed)
+    with pytest.raises(TeacherError, match=r"labels \{background: 0, liver: 1, tumor: 2\} \(the student's: "
+                                           r"\{background: 0, "):
+        load_teacher(setting, cpu, variant("labels", edit_dataset=lambda d: d.update(labels=renamed)))
+    swapped = dict(zip(setting.labels, [0, *reversed(list(setting.labels.values())[1:])]))
+    with pytest.raises(TeacherError, match="labels .*the student's"):
+        load_teacher(setting, cpu, variant("swapped", edit_dataset=lambda d: d.update(labels=swapped)))
     three_d = make_trainer("nnUNetTrainerUltraLBMUNetQuick", "3d_fullres")
     three_d.initialize()
     folder_3d = write_untrained_results_folder(three_d, tmp_path / "results3d")

@@ -1,23 +1,23 @@
 """LightM-UNet trainers: one name for 2d and 3d_fullres, the plan decides.
 
-The official protocol lives in nnunet_mamba.training.light_m_unet."""
+The official protocol lives in nnunet_mamba.training.protocols."""
 from nnunet_mamba.training import LightMUNetProtocol, MambaTrainerBase, QuickCPURun
 
 
 class nnUNetTrainerLightMUNet(LightMUNetProtocol, MambaTrainerBase):
-    """LightM-UNet (the official code at HEAD), official settings: Adam 1e-4, poly, 100 epochs, clip 12, float32."""
+    """Official protocol: LightM-UNet (the code at HEAD), Adam 1e-4, poly, 100 epochs, clip 12, float32."""
 
     network_name = "light_m_unet"
 
 
 class nnUNetTrainerLightMUNetAMP(nnUNetTrainerLightMUNet):
-    """The official settings with nnU-Net's mixed precision (the selective scan still computes in float32)."""
+    """Ours: the official settings with nnU-Net's mixed precision (the selective scan still computes in float32)."""
 
     autocast_network = True
 
 
 class nnUNetTrainerLightMUNetV0(nnUNetTrainerLightMUNet):
-    """LightM-UNet's first upload (full-conv stem, ResBlock decoder, 1x1 head), official settings.
+    """Official protocol: LightM-UNet's first upload (full-conv stem, ResBlock decoder, 1x1 head).
 
     The paper's complexity figures were counted on this network."""
 
@@ -25,4 +25,4 @@ class nnUNetTrainerLightMUNetV0(nnUNetTrainerLightMUNet):
 
 
 class nnUNetTrainerLightMUNetQuick(QuickCPURun, nnUNetTrainerLightMUNet):
-    """A minutes-long CPU run for tests (init_filters 16, one block per level; 6 epochs of 25 iterations, lr 2e-3)."""
+    """Ours: a minutes-long CPU run for tests (init_filters 16, one block per level; 6 x 25 iterations, lr 2e-3)."""

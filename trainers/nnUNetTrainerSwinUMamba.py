@@ -2,40 +2,83 @@
 
 ImageNet initialisation (2D): ``NNUNET_MAMBA_PRETRAINED=/path/vssmtiny_dp01_ckpt_epoch_292.pth`` (VMamba-T v0),
 read for fresh trainings only; the initialised encoder is then frozen for the first 10 epochs.
+
+The official runs train a 1000-epoch cosine and the paper reports ``checkpoint_99`` (AbdomenMR), ``checkpoint_249``
+(Endoscopy) and ``checkpoint_349`` (Microscopy) of it: the ``..._100of1000`` / ``_250of1000`` / ``_350of1000``
+trainers stop there, on that epoch's learning rate of the 1000-epoch schedule, keeping ``checkpoint_{epoch}.pth``
+every 50 epochs as the official trainer does. The protocols: nnunet_mamba.training.protocols.
 """
-import torch
+from nnunet_mamba.training import MambaTrainerBase, QuickCPURun, SwinUMambaFromScratch, SwinUMambaProtocol
+from nnunet_mamba.training.protocols import SWIN_UMAMBA_EPOCH_CHECKPOINT_EVERY
 
-from nnunet_mamba.training import EncoderFreeze, MambaTrainerBase, QuickCPURun
 
-
-class nnUNetTrainerSwinUMamba(EncoderFreeze, MambaTrainerBase):
-    """The official protocol: AdamW lr 1e-4, weight decay 0.05, eps 1e-5; cosine to 1e-6 over nnU-Net's epochs
-    (no warmup); nnU-Net's loss, deep supervision, augmentation, AMP (scan in float32) and clipping at 12."""
+class nnUNetTrainerSwinUMamba(SwinUMambaProtocol, MambaTrainerBase):
+    """Official protocol: Swin-UMamba, AdamW 1e-4, cosine to 1e-6, AMP, deep supervision, all 1000 epochs."""
 
     network_name = "swin_umamba"
-    adamw_eps = 1e-5
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.initial_lr = 1e-4
-        self.weight_decay = 0.05
-        self.min_lr = 1e-6
+
+class nnUNetTrainerSwinUMamba_100of1000(nnUNetTrainerSwinUMamba):
+    """Official protocol as the paper evaluated AbdomenMR: Swin-UMamba, epochs 0-99 of the 1000-epoch cosine."""
+
+    evaluated_epochs = 100
+    epoch_checkpoint_every = SWIN_UMAMBA_EPOCH_CHECKPOINT_EVERY
+
+
+class nnUNetTrainerSwinUMamba_250of1000(nnUNetTrainerSwinUMamba_100of1000):
+    """Official protocol as the paper evaluated Endoscopy: Swin-UMamba, epochs 0-249 of the 1000-epoch cosine."""
+
+    evaluated_epochs = 250
+
+
+class nnUNetTrainerSwinUMamba_350of1000(nnUNetTrainerSwinUMamba_100of1000):
+    """Official protocol as the paper evaluated Microscopy: Swin-UMamba, epochs 0-349 of the 1000-epoch cosine."""
+
+    evaluated_epochs = 350
 
 
 class nnUNetTrainerSwinUMambaD(nnUNetTrainerSwinUMamba):
-    """Swin-UMamba-dagger (VMamba-T encoder with its 4x4 patch embedding, VSS decoder), the same protocol."""
+    """Official protocol and loader: Swin-UMamba-dagger (no ImageNet patch embedding unless RGB), 1000 epochs."""
 
     network_name = "swin_umamba_d"
 
 
+class nnUNetTrainerSwinUMambaD_100of1000(nnUNetTrainerSwinUMambaD):
+    """Official protocol as the paper evaluated AbdomenMR: Swin-UMamba-dagger, epochs 0-99 of the 1000."""
+
+    evaluated_epochs = 100
+    epoch_checkpoint_every = SWIN_UMAMBA_EPOCH_CHECKPOINT_EVERY
+
+
+class nnUNetTrainerSwinUMambaD_250of1000(nnUNetTrainerSwinUMambaD_100of1000):
+    """Official protocol as the paper evaluated Endoscopy: Swin-UMamba-dagger, epochs 0-249 of the 1000."""
+
+    evaluated_epochs = 250
+
+
+class nnUNetTrainerSwinUMambaD_350of1000(nnUNetTrainerSwinUMambaD_100of1000):
+    """Official protocol as the paper evaluated Microscopy: Swin-UMamba-dagger, epochs 0-349 of the 1000."""
+
+    evaluated_epochs = 350
+
+
+class nnUNetTrainerSwinUMambaDScratch(SwinUMambaFromScratch, nnUNetTrainerSwinUMambaD):
+    """Official protocol of the dagger-from-scratch trainer: no ImageNet, no deep supervision, checkpoint_{epoch}."""
+
+
+class nnUNetTrainerSwinUMambaDAdaptedEmbedding(nnUNetTrainerSwinUMambaD):
+    """Ours: Swin-UMamba-dagger whose non-RGB input starts from VMamba's RGB embedding kernel, adapted."""
+
+    network_overrides = {"adapt_rgb_embedding": True}
+
+
 class nnUNetTrainerSwinUMambaQuick(QuickCPURun, nnUNetTrainerSwinUMamba):
-    """A minutes-long CPU run (the registered small instance); a pretrained encoder is frozen for 2 epochs."""
+    """Ours: a minutes-long CPU run (the registered small instance); a pretrained encoder frozen for 2 epochs."""
 
     encoder_freeze_epochs = 2
 
 
 class nnUNetTrainerSwinUMambaDQuick(QuickCPURun, nnUNetTrainerSwinUMambaD):
-    """A minutes-long CPU run of Swin-UMamba-dagger (the registered small instance); 2 frozen epochs."""
+    """Ours: a minutes-long CPU run of Swin-UMamba-dagger (the registered small instance); 2 frozen epochs."""
 
     encoder_freeze_epochs = 2

@@ -3,14 +3,14 @@ from nnunet_mamba.training import MambaTrainerBase, PaperProtocol, QuickCPURun
 
 
 class nnUNetTrainerVMUNet(MambaTrainerBase):
-    """VM-UNet with nnU-Net's loss, deep supervision and augmentation; AdamW 1e-3, cosine to 1e-5."""
+    """nnU-Net protocol (loss, deep supervision, augmentation) with VM-UNet's AdamW 1e-3; ours: cosine to 1e-5."""
 
     network_name = "vm_unet"
 
 
 class nnUNetTrainerVMUNetQuick(QuickCPURun, nnUNetTrainerVMUNet):
-    """A minutes-long CPU run for the demo and tests (C = 32, 6 epochs of 25 iterations, no mirroring)."""
+    """Ours: a minutes-long CPU run for the demo and tests (C = 32, 6 epochs of 25 iterations, no mirroring)."""
 
 
 class nnUNetTrainerVMUNetPaper(PaperProtocol, nnUNetTrainerVMUNet):
-    """VM-UNet's own protocol: BceDice, no deep supervision, no clipping, CosineAnnealingLR T_max 50."""
+    """Official protocol of VM-UNet's code: BceDice, no deep supervision, no clipping, CosineAnnealingLR T_max 50."""

@@ -149,6 +149,18 @@ class SegmentationNetwork(AbstractDynamicNetworkArchitectures):
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         raise NotImplementedError(f"{type(self).__name__} must implement compute_conv_feature_map_size")
 
+    def level_grids(self, input_size: Sequence[int]) -> list[list[int]]:
+        """The grid of ``input_size`` padded to the total stride (as :meth:`forward` pads it), then after each
+        of ``self.strides`` in turn: the sizes the blocks' memory counts take, one per level, input first."""
+        if len(input_size) != self.spatial_dims:
+            raise ValueError(f"input size {list(input_size)} does not match {self.spatial_dims}D")
+        grid = [math.ceil(int(size) / s) * s for size, s in zip(input_size, self.total_stride)]
+        grids = [grid]
+        for stride in self.strides:
+            grid = [g // s for g, s in zip(grid, stride)]
+            grids.append(grid)
+        return grids
+
     # --- optional capabilities ----------------------------------------------------------------------------
 
     def load_pretrained(self, path):

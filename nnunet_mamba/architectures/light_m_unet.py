@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import numpy as np
 import torch
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim, convert_dim_to_conv_op
 from torch import nn
@@ -35,6 +34,7 @@ from torch import nn
 from nnunet_mamba.architectures.base import NoDeepSupervisionDecoder, SegmentationNetwork
 from nnunet_mamba.architectures.plans import strides_from_plan
 from nnunet_mamba.architectures.registry import register_network
+from nnunet_mamba.blocks.layer_norm import layer_norm_saved_elements
 from nnunet_mamba.blocks.mamba import Mamba
 
 VARIANTS = ("official", "v0")
@@ -86,6 +86,13 @@ class RVMLayer(nn.Module):
         mixed = (self.post_norm or self.norm)(mixed)
         return self.proj(mixed).transpose(1, 2).reshape(batch, self.out_channels, *spatial)
 
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Elements saved for backward on a map of ``input_size``: the two LayerNorm applications (their inputs
+        and statistics), the projection's input, and the Mamba block on the raster-flattened tokens."""
+        tokens = math.prod(input_size)
+        return (2 * layer_norm_saved_elements(self.in_channels, tokens) + self.in_channels * tokens
+                + self.mamba.compute_conv_feature_map_size(tokens))
+
 
 class ResMambaBlock(nn.Module):
     """Pre-activation residual block of two RVM layers: ``x + RVM2(ReLU(GN2(RVM1(ReLU(GN1(x))))))``."""
@@ -101,6 +108,13 @@ class ResMambaBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.rvm1(self.act(self.norm1(x)))
         return x + self.rvm2(self.act(self.norm2(y)))
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """The GroupNorms keep their inputs and two statistics per group; each in-place ReLU's output is the input
+        its RVM layer keeps (counted there)."""
+        group_norms = 2 * (self.norm1.num_channels * math.prod(input_size) + 2 * self.norm1.num_groups)
+        return (group_norms + self.rvm1.compute_conv_feature_map_size(input_size)
+                + self.rvm2.compute_conv_feature_map_size(input_size))
 
 
 class ResUpBlock(nn.Module):
@@ -159,6 +173,15 @@ class LightMUNetEncoder(nn.Module):
             levels.append(x)
         return levels
 
+    def compute_conv_feature_map_size(self, grids: Sequence[Sequence[int]]) -> int:
+        """Stages and transitions on ``grids``, the map of every level; a transition runs at the higher resolution
+        and its max-pool keeps the RVM layer's output."""
+        total = sum(block.compute_conv_feature_map_size(grid)
+                    for stage, grid in zip(self.stages, grids) for block in stage)
+        for (rvm, _), grid in zip(self.transitions, grids):
+            total += rvm.compute_conv_feature_map_size(grid) + rvm.out_channels * math.prod(grid)
+        return total
+
 
 class LightMUNetDecoder(NoDeepSupervisionDecoder):
     def __init__(self, widths, strides, num_classes, conv_op, variant):
@@ -183,6 +206,15 @@ class LightMUNetDecoder(NoDeepSupervisionDecoder):
         for upsample, block, skip in zip(self.upsamples, self.blocks, levels[-2::-1]):
             x = block(upsample(x) + skip)
         return self.seg_layers[0](x)
+
+    def compute_conv_feature_map_size(self, grids: Sequence[Sequence[int]]) -> int:
+        """Per level, the up-convolution's input and five maps of the block's width (the interpolated sum and the
+        block's norms and activations); the head three maps at full resolution."""
+        deepest_first = grids[::-1]
+        total = 0
+        for (conv, _), block, deeper, grid in zip(self.upsamples, self.blocks, deepest_first, deepest_first[1:]):
+            total += conv.in_channels * math.prod(deeper) + 5 * conv.out_channels * math.prod(grid)
+        return total + 3 * self.seg_layers[0][0].num_channels * math.prod(grids[0])
 
 
 @register_network("light_m_unet", dims=(2, 3),
@@ -284,32 +316,11 @@ class LightMUNet(SegmentationNetwork):
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Activation elements one training forward pass of one sample saves for backward.
 
-        Per token of a level with C channels, counted from what autograd keeps:
-        an RVM layer C -> C' keeps its input tokens and LN statistics (C), the normalised tokens (C), in_proj's
-        output x|z (4C), the convolved x (2C), x_proj's output (R + 2N), delta (2C), the scan's output (2C), the
-        mixed tokens and their norm (2C) and the projection output (C'); a ResMambaBlock adds two GroupNorm
-        outputs (2C); decoder blocks and heads keep a few maps of their width.
+        The encoder's blocks (RVM layers with their Mamba blocks, ResMambaBlocks, the transitions) and the decoder
+        each count what they keep, on the input padded to the total stride; ``tests/test_memory_model.py`` holds
+        the sum to a real forward pass.
         """
-        if len(input_size) != self.spatial_dims:
-            raise ValueError(f"input size {list(input_size)} does not match {self.spatial_dims}D")
-        size = np.array([math.ceil(p / s) * s for p, s in zip(input_size, self.total_stride)], dtype=np.int64)
-        total = 0
-        voxels = []
-        for level, width in enumerate(self.widths):
-            size = size // np.array(self.strides[level])
-            tokens = int(np.prod(size))
-            voxels.append(tokens)
-            rvm = _rvm_saved_per_token(width, width)
-            total += tokens * self.blocks_down[level] * (2 * rvm + 3 * width)
-            if level + 1 < len(self.widths):  # the transition RVM runs at this level's resolution
-                total += tokens * (_rvm_saved_per_token(width, self.widths[level + 1]) + self.widths[level + 1])
-        for level in range(len(self.widths) - 1):  # decoder: up-conv input, interpolated sum, block maps
-            total += voxels[level + 1] * self.widths[level + 1] + voxels[level] * self.widths[level] * 5
-        total += voxels[0] * self.widths[0] * 3  # head
-        return int(total)
+        _, *grids = self.level_grids(input_size)  # the first stride is 1: level 0 is the padded input
+        return int(self.encoder.compute_conv_feature_map_size(grids)
+                   + self.decoder.compute_conv_feature_map_size(grids))
 
-
-def _rvm_saved_per_token(channels: int, out_channels: int, d_state: int = 16) -> int:
-    inner = 2 * channels
-    rank = math.ceil(channels / 16)
-    return 2 * channels + 2 * inner + inner + (rank + 2 * d_state) + 3 * inner + 2 * channels + out_channels

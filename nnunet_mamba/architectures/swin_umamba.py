@@ -37,6 +37,7 @@ internally and the logits cropped back, as VM-UNet does.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -53,17 +54,11 @@ from torch import nn
 from nnunet_mamba.architectures.base import SegmentationNetwork
 from nnunet_mamba.architectures.plans import strides_from_plan
 from nnunet_mamba.architectures.registry import register_network
-from nnunet_mamba.planning.activations import (
-    layer_norm_saved_elements,
-    patch_expanding_saved_elements,
-    patch_merging_saved_elements,
-    tokens_after,
-    vss_block_saved_elements,
-)
 from nnunet_mamba.architectures.vm_unet import VMUNet, _stage_drop_paths
 from nnunet_mamba.blocks import PatchEmbedding, PatchExpanding, PatchMerging, VSSStage
 from nnunet_mamba.pretrained.vmamba import (
     COPY,
+    VMAMBA_INPUT_CHANNELS,
     PretrainedReport,
     load_vmamba_v0,
     vmamba_v0_encoder_counterpart,
@@ -71,7 +66,7 @@ from nnunet_mamba.pretrained.vmamba import (
 
 NUM_STAGES = 4
 VMAMBA_T_DEPTHS = (2, 2, 9, 2)
-# Memory model of the convolution decoder (VSS blocks, mergings and expandings are nnunet_mamba.planning.activations'),
+# Memory model of the convolution decoder (VSS blocks, mergings and expandings count themselves),
 # elements saved for backward per output channel and pixel, measured with saved_tensors_hooks:
 #: residual block with a 1x1 projection (the skip blocks), its input excluded
 RES_BLOCK_SAVED = 5
@@ -100,6 +95,13 @@ class UpBlock(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.block(torch.cat([self.upsample(x), skip], dim=1))
 
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Elements saved for backward on an input grid of ``input_size``, measured per output channel and pixel,
+        without the two maps it shares with its neighbours: its input (the deeper block's output) and its output
+        (kept by the next block's transposed convolution and the heads; the decoder counts them there)."""
+        pixels_out = math.prod(size * s for size, s in zip(input_size, self.upsample.stride))
+        return UP_BLOCK_SAVED * self.upsample.out_channels * pixels_out
+
 
 class ConvStem(nn.Module):
     """Swin-UMamba's stem: a large-kernel strided convolution and an affine InstanceNorm, no activation."""
@@ -113,6 +115,11 @@ class ConvStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x))
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """The convolution keeps the image, the InstanceNorm the convolved map (the input is padded to the stride)."""
+        pixels_out = math.prod(size // s for size, s in zip(input_size, self.conv.stride))
+        return self.conv.in_channels * math.prod(input_size) + self.conv.out_channels * pixels_out
 
 
 class VSSEncoder(nn.Module):
@@ -142,6 +149,19 @@ class VSSEncoder(nn.Module):
             if i < NUM_STAGES - 1:
                 x = self.downsamples[i](x)
         return outputs
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """The embedding, stages and mergings on an input grid of ``input_size``, and the bottleneck (the
+        decoder's first layer keeps it)."""
+        grid = list(input_size)
+        total = self.patch_embed.compute_conv_feature_map_size(grid)
+        grid = [g // p for g, p in zip(grid, self.patch_embed.patch_embed_size)]
+        for i, stage in enumerate(self.stages):
+            total += stage.compute_conv_feature_map_size(grid)
+            if i < NUM_STAGES - 1:
+                total += self.downsamples[i].compute_conv_feature_map_size(grid)
+                grid = [g // s for g, s in zip(grid, self.downsamples[i].scale)]
+        return total + self.downsamples[-1].reduction.out_features * math.prod(grid)
 
 
 def _channels_first(x: torch.Tensor) -> torch.Tensor:
@@ -195,9 +215,6 @@ class _SwinUMambaBase(SegmentationNetwork):
     def vmamba_v0_counterpart(key: str) -> tuple[str, str] | None:
         raise NotImplementedError
 
-    def padded_size(self, input_size: Sequence[int]) -> list[int]:
-        return [-(-int(size) // stride) * stride for size, stride in zip(input_size, self.total_stride)]
-
     def forward(self, x: torch.Tensor):
         if x.shape[0] == 0:
             # InstanceNorm refuses an empty batch: shape the outputs on one blank sample instead
@@ -207,18 +224,6 @@ class _SwinUMambaBase(SegmentationNetwork):
         padded = self.pad_to_total_stride(x)
         outputs = self.forward_padded(padded)
         return outputs if padded.shape == x.shape else self.crop_outputs(outputs, spatial)
-
-    def _encoder_saved_elements(self, input_size: Sequence[int]) -> tuple[int, list[int]]:
-        """Elements the encoder saves for backward, and the padded grid's size (pixels) after every stride."""
-        pixels = tokens_after(input_size, self.strides)
-        tokens = pixels[-NUM_STAGES:]
-        total = layer_norm_saved_elements(self.dims[0], tokens[0])  # the patch embedding's norm
-        for level, stage in enumerate(self.encoder.stages):
-            total += sum(vss_block_saved_elements(block, tokens[level]) for block in stage)
-            if level < NUM_STAGES - 1:
-                total += patch_merging_saved_elements(self.dims[level], tokens[level], tokens[level + 1])
-        total += tokens[-1] * self.dims[-1]  # the bottleneck, kept by the decoder's first layer
-        return int(total), pixels
 
 
 @register_network("swin_umamba", dims=(2, 3),
@@ -285,21 +290,13 @@ class SwinUMamba(_SwinUMambaBase):
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Elements of the activations one training forward pass of one sample saves for backward.
 
-        The sum of what every layer keeps, on the input padded to the total stride (the VSS parts from
-        :mod:`nnunet_mamba.planning.activations`, the convolution blocks from the measured constants above);
+        The sum of what every block keeps (each block's ``compute_conv_feature_map_size``), on the input padded to
+        the total stride (the convolution blocks from the measured constants above);
         ``tests/test_memory_model.py`` holds it to a real forward pass.
         """
-        if len(input_size) != self.spatial_dims:
-            raise ValueError(f"input size {list(input_size)} does not match {self.spatial_dims}D")
-        encoder, pixels = self._encoder_saved_elements(input_size)
-        pixels = [int(np.prod(self.padded_size(input_size))), *pixels]  # H, H/2, ..., H/32
-        widths = [self.stem_dim, *self.dims]
-        total = encoder + pixels[0] * self.input_channels + 2 * pixels[1] * self.stem_dim  # input, stem conv and norm
-        for level in range(5):
-            total += pixels[level] * widths[level] * (RES_BLOCK_SAVED + UP_BLOCK_SAVED)  # skip and up block
-        total += pixels[0] * widths[0] * PLAIN_RES_BLOCK_SAVED  # output block
-        for level in range(4):
-            total += pixels[level] * widths[level]  # what the heads keep
+        grids = self.level_grids(input_size)  # H, H/2, ..., H/32
+        total = self.stem.compute_conv_feature_map_size(grids[0]) + self.encoder.compute_conv_feature_map_size(grids[1])
+        total += self.decoder.compute_conv_feature_map_size(grids)
         return int(total)
 
 
@@ -332,6 +329,16 @@ class SwinUMambaDecoder(nn.Module):
             return logits
         return [logits, *(self.seg_layers[level](decoded[level]) for level in range(1, 4))]
 
+    def compute_conv_feature_map_size(self, grids: Sequence[Sequence[int]]) -> int:
+        """Skip blocks, up blocks, the output block and the heads; ``grids``: the padded input, then every level."""
+        total = 0
+        for level, up in zip(reversed(range(5)), self.ups):
+            width = self.skips[level].conv1.conv.out_channels
+            total += RES_BLOCK_SAVED * width * math.prod(grids[level])
+            total += up.compute_conv_feature_map_size(grids[level + 1])
+        total += PLAIN_RES_BLOCK_SAVED * self.output_block.conv1.conv.out_channels * math.prod(grids[0])
+        return total + sum(head.in_channels * math.prod(grids[level]) for level, head in enumerate(self.seg_layers))
+
 
 @register_network("swin_umamba_d", dims=(2, 3),
                   description="Swin-UMamba-dagger (Liu et al. 2024): VMamba-T encoder, VSS decoder",
@@ -343,6 +350,10 @@ class SwinUMambaD(_SwinUMambaBase):
     Args:
         strides: four strides (int or one per axis): the patch embedding (4), then three mergings (2).
         decoder_depth: VSS blocks per decoder stage (2).
+        adapt_rgb_embedding: ImageNet initialisation of an input that is not RGB (VMamba's 3 channels). False
+            (the official loader): the patch embedding keeps its He initialisation; True (our extension): it
+            starts from VMamba's RGB kernel averaged over the colours and scaled by 3 / channels (the summed
+            kernel for one channel), plus the embedding's bias and norm.
         Others as :class:`SwinUMamba`.
     """
 
@@ -351,9 +362,11 @@ class SwinUMambaD(_SwinUMambaBase):
     def __init__(self, input_channels: int, num_classes: int, conv_op: type[nn.Module] = nn.Conv2d,
                  strides: Sequence[int | Sequence[int]] = (4, 2, 2, 2), input_shape: Sequence[int] | None = None,
                  embed_dim: int = 96, encoder_depths: Sequence[int] = VMAMBA_T_DEPTHS, decoder_depth: int = 2,
-                 d_state: int = 16, drop_path_rate: float = 0.2, deep_supervision: bool = False):
+                 d_state: int = 16, drop_path_rate: float = 0.2, deep_supervision: bool = False,
+                 adapt_rgb_embedding: bool = False):
         super().__init__(conv_op)
         _check_widths("SwinUMambaD", embed_dim, encoder_depths, strides, len(self.POOLS_PER_LEVEL))
+        self.adapt_rgb_embedding = bool(adapt_rgb_embedding)
         if decoder_depth < 1:
             raise ValueError(f"SwinUMambaD's decoder_depth must be >= 1, got {decoder_depth}")
         self.strides = [self.per_axis(s) for s in strides]
@@ -377,28 +390,28 @@ class SwinUMambaD(_SwinUMambaBase):
     def forward_padded(self, x: torch.Tensor):
         return self.decoder(self.encoder(x))
 
-    @staticmethod
-    def vmamba_v0_counterpart(key: str) -> tuple[str, str] | None:
-        """The whole encoder from VMamba, the RGB patch-embedding kernel adapted to the input channels."""
-        if key.startswith("encoder."):
-            return vmamba_v0_encoder_counterpart(key[len("encoder."):])
-        return None
+    def load_pretrained(self, path) -> PretrainedReport:
+        report = super().load_pretrained(path)
+        if self._embedding_left_random:
+            report.notes.append(f"patch embedding not loaded (input of {self.input_channels} channel(s), VMamba's "
+                                f"is RGB), as the official loader does; adapt_rgb_embedding=True adapts the RGB "
+                                f"kernel instead")
+        return report
+
+    @property
+    def _embedding_left_random(self) -> bool:
+        return self.input_channels != VMAMBA_INPUT_CHANNELS and not self.adapt_rgb_embedding
+
+    def vmamba_v0_counterpart(self, key: str) -> tuple[str, str] | None:
+        """The whole encoder from VMamba; the patch embedding only for RGB input or with ``adapt_rgb_embedding``."""
+        if not key.startswith("encoder.") or (key.startswith("encoder.patch_embed.") and self._embedding_left_random):
+            return None
+        return vmamba_v0_encoder_counterpart(key[len("encoder."):])
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Elements of the activations one training forward pass of one sample saves for backward (see SwinUMamba)."""
-        if len(input_size) != self.spatial_dims:
-            raise ValueError(f"input size {list(input_size)} does not match {self.spatial_dims}D")
-        pixels = int(np.prod(self.padded_size(input_size)))
-        encoder, tokens = self._encoder_saved_elements(input_size)
-        total = encoder + pixels * self.input_channels
-        for i, level in enumerate(reversed(range(NUM_STAGES - 1))):
-            dim = self.dims[level]
-            total += patch_expanding_saved_elements(2 * dim, dim, tokens[level + 1], tokens[level])
-            total += tokens[level] * 2 * dim  # the concatenation, kept by the linear merge
-            total += sum(vss_block_saved_elements(block, tokens[level]) for block in self.decoder.stages[i])
-            total += tokens[level] * dim  # the stage output, kept by its head
-        total += patch_expanding_saved_elements(self.dims[0], self.dims[0], tokens[0], pixels)
-        total += pixels * self.dims[0]  # the full-resolution head's input
+        image, *grids = self.level_grids(input_size)
+        total = self.encoder.compute_conv_feature_map_size(image) + self.decoder.compute_conv_feature_map_size(grids)
         return int(total)
 
 
@@ -433,3 +446,16 @@ class MambaDecoder(nn.Module):
         if not self.deep_supervision:
             return logits
         return [logits, *(head(_channels_first(features)) for head, features in zip(self.seg_layers[1:], decoded))]
+
+    def compute_conv_feature_map_size(self, grids: Sequence[Sequence[int]]) -> int:
+        """Expandings, skip merges, VSS stages and the heads' inputs; ``grids``: the token grid of every level."""
+        total = 0
+        for i, level in enumerate(reversed(range(NUM_STAGES - 1))):
+            tokens, dim = math.prod(grids[level]), self.merges[i].out_features
+            total += self.upsamples[i].compute_conv_feature_map_size(grids[level + 1])
+            total += tokens * 2 * dim  # the concatenation, kept by the linear merge
+            total += self.stages[i].compute_conv_feature_map_size(grids[level])
+            total += tokens * dim  # the stage output, kept by its head
+        total += self.final_expand.compute_conv_feature_map_size(grids[0])
+        image = math.prod(g * s for g, s in zip(grids[0], self.final_expand.scale))
+        return total + self.final_expand.out_dim * image  # the full-resolution head's input

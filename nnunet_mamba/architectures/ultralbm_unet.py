@@ -58,8 +58,8 @@ from torch import nn
 from nnunet_mamba.architectures.base import NoDeepSupervisionDecoder, SegmentationNetwork
 from nnunet_mamba.architectures.plans import conv_kernel_sizes_from_plan, strides_from_plan
 from nnunet_mamba.architectures.registry import register_network
+from nnunet_mamba.blocks.layer_norm import layer_norm_saved_elements
 from nnunet_mamba.blocks.mamba import Mamba
-from nnunet_mamba.planning.activations import NUMBA_STATE_POSITIONS, layer_norm_saved_elements, tokens_after
 
 #: the official widths at channel multiplier 1
 BASE_WIDTHS = (8, 16, 24, 32, 48, 64)
@@ -127,6 +127,10 @@ class DepthwiseSeparableConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _ContiguousGradient.apply(F.gelu(self.norm_pw(self.pw(F.gelu(self.norm_dw(self.dw(x)))))))
 
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Five maps of its width: its input, the two norms' inputs and the two GELUs' inputs."""
+        return 5 * self.dw.in_channels * math.prod(input_size)
+
 
 class MultiBranchBlock(nn.Module):
     """The skeleton LMBP and GLMBP share, on a channels-first map ``(B, C_in, *S) -> (B, C_out, *S)``:
@@ -146,6 +150,18 @@ class MultiBranchBlock(nn.Module):
 
     def branch_outputs(self, quarters: tuple[torch.Tensor, ...], spatial: Sequence[int]) -> list[torch.Tensor]:
         raise NotImplementedError
+
+    def branches_saved_elements(self, input_size: Sequence[int]) -> int:
+        """What :meth:`branch_outputs` keeps for backward on a map of ``input_size``."""
+        raise NotImplementedError
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Elements saved for backward on a map of ``input_size`` (one sample), as read off a real forward pass:
+        per token, the LayerNorm's contiguous input, its output, the concatenation and its norm (C each) and the
+        statistics of both norms; then the branches."""
+        tokens = math.prod(input_size)
+        norms = 2 * layer_norm_saved_elements(self.in_channels, tokens) + 2 * self.in_channels * tokens
+        return norms + self.branches_saved_elements(input_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float16:  # as the official blocks: half inputs are promoted
@@ -177,6 +193,9 @@ class LMBP(MultiBranchBlock):
     def branch_outputs(self, quarters, spatial):
         return [_map_to_tokens(conv(_tokens_to_map(q, spatial))) for conv, q in zip(self.local, quarters)]
 
+    def branches_saved_elements(self, input_size: Sequence[int]) -> int:
+        return sum(conv.compute_conv_feature_map_size(input_size) for conv in self.local)
+
 
 class GLMBP(MultiBranchBlock):
     """Global-local multi-branch perception: x1, x2 through one shared Mamba forward and reversed (``reverse``:
@@ -199,6 +218,11 @@ class GLMBP(MultiBranchBlock):
     def branch_outputs(self, quarters, spatial):
         global1, global2 = self.global_branches(quarters[0], quarters[1])
         return [global1, global2, _map_to_tokens(self.local(_tokens_to_map(quarters[2], spatial)))]
+
+    def branches_saved_elements(self, input_size: Sequence[int]) -> int:
+        """The local branch, and the one Mamba call on four sequences (x1, x2 and their reverses)."""
+        return (self.local.compute_conv_feature_map_size(input_size)
+                + self.mamba.compute_conv_feature_map_size(math.prod(input_size), sequences=4))
 
 
 def _pool(x: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
@@ -239,6 +263,21 @@ class UltraLBMEncoder(nn.Module):
             skips.append(x)
         return skips, F.gelu(self.stages[5](x))
 
+    def compute_conv_feature_map_size(self, grids: Sequence[Sequence[int]]) -> int:
+        """enc1..enc6 on ``grids``, the map of every level: each conv keeps its input; each GroupNorm its input; a
+        max-pool its input and indices; each GELU its input; each skip is kept once (by ``k * t`` and the next
+        conv); the blocks count themselves."""
+        voxels = [math.prod(grid) for grid in grids]
+        total = self.stages[0].in_channels * voxels[0]
+        for level, (stage, norm) in enumerate(zip(self.stages[:5], self.norms)):
+            if isinstance(stage, MultiBranchBlock):
+                total += stage.compute_conv_feature_map_size(grids[level])
+            pooled = voxels[level + 1] != voxels[level]
+            # GroupNorm and max-pool inputs (or the GELU's without pooling), indices, the GELU input, the skip
+            total += norm.num_channels * ((2 if pooled else 1) * voxels[level]
+                                          + (3 if pooled else 2) * voxels[level + 1])
+        return total + self.stages[5].compute_conv_feature_map_size(grids[5]) + self.stages[5].out_channels * voxels[5]
+
 
 class UltraLBMDecoder(NoDeepSupervisionDecoder):
     """dec1..dec5 with the scalar-weighted skip sums, and the 1x1 head (``seg_layers[0]``)."""
@@ -263,6 +302,20 @@ class UltraLBMDecoder(NoDeepSupervisionDecoder):
             x = F.gelu(_upsample(norm(stage(x)), skip.shape[2:]))
             x = x + (skip if self.skip_weight is None else self.skip_weight * skip)
         return _upsample(self.seg_layers[0](x), output_size)
+
+    def compute_conv_feature_map_size(self, grids: Sequence[Sequence[int]]) -> int:
+        """dec1..dec5 on ``grids`` (the map of every level; dec1 runs at the bottleneck, each later one a level
+        up): each stage its input (the blocks count themselves), its GroupNorm and GELU their inputs; the head its
+        input."""
+        voxels = [math.prod(grid) for grid in grids]
+        total = 0
+        for stage, level, target in zip(self.stages, (5, 5, 4, 3, 2), (5, 4, 3, 2, 1)):
+            if isinstance(stage, MultiBranchBlock):
+                total += stage.compute_conv_feature_map_size(grids[level])
+            else:
+                total += stage.in_channels * voxels[level]
+            total += stage.out_channels * (voxels[level] + voxels[target])
+        return total + self.seg_layers[0].in_channels * voxels[1]
 
 
 def _depthwise_kernel(level_kernel: Sequence[int], size: int) -> tuple[int, ...]:
@@ -397,55 +450,12 @@ class UltraLBMUNet(SegmentationNetwork):
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Activation elements one training forward pass of one sample saves for backward.
 
-        Per level: each conv keeps its input; each GroupNorm its input; a max-pool its input and indices; each
-        GELU its input; each skip t is kept once (by ``k * t`` and the next conv); the blocks as
-        :func:`multi_branch_block_saved_elements` counts them; the head keeps its input.
+        The encoder and the decoder count their stages (:meth:`UltraLBMEncoder.compute_conv_feature_map_size`),
+        the LMBP/GLMBP blocks themselves, on the input padded to the total stride.
         """
-        if len(input_size) != self.spatial_dims:
-            raise ValueError(f"input size {list(input_size)} does not match {self.spatial_dims}D")
-        voxels = tokens_after(input_size, self.strides)  # levels 0..5
-        w = self.widths
-        total = self.encoder.stages[0].in_channels * voxels[0]
-        for level, stage in enumerate(self.encoder.stages[:5]):
-            if isinstance(stage, MultiBranchBlock):
-                total += multi_branch_block_saved_elements(stage, voxels[level])
-            pooled = voxels[level + 1] != voxels[level]
-            # GroupNorm and max-pool inputs (or the GELU's without pooling), indices, the GELU input, the skip
-            total += w[level] * ((2 if pooled else 1) * voxels[level] + (3 if pooled else 2) * voxels[level + 1])
-        total += multi_branch_block_saved_elements(self.encoder.stages[5], voxels[5]) + w[5] * voxels[5]
-        decoder_levels = (5, 5, 4, 3, 2)  # where dec1..dec5 run; each hands on to the next level (dec1: same)
-        for stage, level, target in zip(self.decoder.stages, decoder_levels, (5, 4, 3, 2, 1)):
-            out_channels = stage.out_channels
-            if isinstance(stage, MultiBranchBlock):
-                total += multi_branch_block_saved_elements(stage, voxels[level])
-            else:
-                total += stage.in_channels * voxels[level]
-            total += out_channels * (voxels[level] + voxels[target])  # GroupNorm input, GELU input
-        return int(total + w[0] * voxels[1])  # the head's input
-
-
-def multi_branch_block_saved_elements(block: MultiBranchBlock, tokens: int) -> int:
-    """An LMBP or GLMBP on ``tokens`` tokens (one sample), as read off a real forward pass.
-
-    Per token, with C input channels and quarters of q = C / 4: the LayerNorm's contiguous input, its output,
-    the concatenation and its norm (C each) and the statistics of both norms; per depthwise-separable branch
-    five maps of q (its input, the two norms' inputs, the two GELUs' inputs). GLMBP's one Mamba call on four
-    sequences of d_model q (E = 2q inner channels, rank R, N states) keeps per sequence token in_proj's output
-    (2E), x_proj's (R + 2N) and five E-wide maps (the causal conv's output, its SiLU, delta, the scan's output,
-    the gated product), and the stacked input (C); besides, A (twice E N) and the scan's chunk states.
-    """
-    channels = block.in_channels
-    quarter = channels // 4
-    norms = 2 * layer_norm_saved_elements(channels, tokens) + 2 * channels * tokens
-    if isinstance(block, LMBP):
-        return norms + 3 * 5 * quarter * tokens
-    mamba = block.mamba
-    inner, rank, states = mamba.d_inner, mamba.dt_rank, mamba.d_state
-    sequences = 4
-    per_sequence_token = 2 * inner + rank + 2 * states + 5 * inner
-    chunk_starts = math.ceil(tokens / max(1, NUMBA_STATE_POSITIONS // states))
-    return (norms + 5 * quarter * tokens + channels * tokens + sequences * tokens * per_sequence_token
-            + 2 * inner * states + sequences * chunk_starts * states * inner)
+        grids = self.level_grids(input_size)[1:]  # levels 0..5
+        return int(self.encoder.compute_conv_feature_map_size(grids)
+                   + self.decoder.compute_conv_feature_map_size(grids))
 
 
 @register_network("ultralbm_unet_t", dims=(2, 3),

@@ -17,6 +17,7 @@ levels; all heads live in ``decoder.seg_layers`` (the network contract, nnunet_m
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Sequence
 
@@ -28,13 +29,6 @@ from torch import nn
 from nnunet_mamba.architectures.base import LevelFeatureNetwork, SegmentationNetwork
 from nnunet_mamba.architectures.plans import strides_from_plan
 from nnunet_mamba.architectures.registry import register_network
-from nnunet_mamba.planning.activations import (
-    patch_embedding_saved_elements,
-    patch_expanding_saved_elements,
-    patch_merging_saved_elements,
-    tokens_after,
-    vss_block_saved_elements,
-)
 from nnunet_mamba.blocks import PatchEmbedding, PatchExpanding, PatchMerging, VSSStage
 from nnunet_mamba.pretrained.vmamba import (
     COPY,
@@ -80,6 +74,11 @@ class VMUNetEncoder(nn.Module):
                 x = self.downsamples[i](x)
         return stage_inputs, x
 
+    def compute_conv_feature_map_size(self, grids: Sequence[Sequence[int]]) -> int:
+        """The stages and mergings on ``grids``, the token grid of every level."""
+        total = sum(stage.compute_conv_feature_map_size(grid) for stage, grid in zip(self.stages, grids))
+        return total + sum(merge.compute_conv_feature_map_size(grid) for merge, grid in zip(self.downsamples, grids))
+
 
 class VMUNetDecoder(nn.Module):
     def __init__(self, dims, depths, merge_strides, embed_stride, spatial_dims, drop_paths, d_state, num_classes,
@@ -113,6 +112,22 @@ class VMUNetDecoder(nn.Module):
             return logits
         deeper = [head(torch.movedim(level_outputs[i], -1, 1)) for i, head in enumerate(self.seg_layers[:-1])]
         return [logits, *deeper[::-1]]
+
+    def compute_conv_feature_map_size(self, grids: Sequence[Sequence[int]]) -> int:
+        """The stages, expandings and heads on ``grids``, the token grid of every level, shallowest first."""
+        total = 0
+        for index, stage in enumerate(self.stages):
+            level = NUM_LEVELS - 1 - index
+            if index > 0:  # the expanding takes the sum of the deeper output and the skip
+                total += self.upsamples[index - 1].compute_conv_feature_map_size(grids[level + 1])
+            total += stage.compute_conv_feature_map_size(grids[level])
+        image = [g * s for g, s in zip(grids[0], self.final_expand.scale)]
+        total += self.final_expand.compute_conv_feature_map_size(grids[0])
+        total += self.final_expand.out_dim * math.prod(image)  # the full-resolution head's input
+        if self.deep_supervision:  # the 1x1 heads keep the outputs of the three deeper decoder levels
+            total += sum(stage[0].norm.normalized_shape[0] * math.prod(grids[NUM_LEVELS - 1 - index])
+                         for index, stage in enumerate(self.stages[:-1]))
+        return total
 
 
 @register_network("vm_unet", dims=(2, 3), description="VM-UNet (Ruan et al. 2024): VSS encoder-decoder, SS2D / SS3D",
@@ -246,29 +261,13 @@ class VMUNet(SegmentationNetwork, LevelFeatureNetwork):
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Elements of the activations one training forward pass of one sample saves for backward.
 
-        The sum of what each layer keeps (:mod:`nnunet_mamba.planning.activations`), on the input padded to the
-        total stride: embedding, encoder and decoder VSS blocks, mergings, expandings, the final expanding with
-        the full-resolution head, and the deep heads when deep supervision is on. The scan keeps its inputs and
+        The sum of what each block keeps (each block's own ``compute_conv_feature_map_size``), on the input padded
+        to the total stride: embedding, encoder and decoder VSS blocks, mergings, expandings, the final expanding
+        with the full-resolution head, and the deep heads when deep supervision is on. The scan keeps its inputs and
         its state at every chunk start, as the numba kernel (the CPU default) does; mamba-ssm's CUDA kernel keeps
         the same inputs and fewer states. Parameters are not included (planners count them apart).
         """
-        if len(input_size) != self.spatial_dims:
-            raise ValueError(f"input size {list(input_size)} does not match {self.spatial_dims}D")
-        voxels, *_ = tokens_after(input_size, [(1,) * self.spatial_dims])
-        tokens = tokens_after(input_size, self.strides)
-        dims = self.level_dims
-        total = patch_embedding_saved_elements(self.stem.proj.in_channels, dims[0], voxels, tokens[0])
-        for level, stage in enumerate(self.encoder.stages):
-            total += sum(vss_block_saved_elements(block, tokens[level]) for block in stage)
-            if level < NUM_LEVELS - 1:
-                total += patch_merging_saved_elements(dims[level], tokens[level], tokens[level + 1])
-        for index, stage in enumerate(self.decoder.stages):
-            level = NUM_LEVELS - 1 - index
-            if index > 0:  # the expanding takes the sum of the deeper output and the skip
-                total += patch_expanding_saved_elements(dims[level + 1], dims[level], tokens[level + 1], tokens[level])
-            total += sum(vss_block_saved_elements(block, tokens[level]) for block in stage)
-        head_channels = self.decoder.final_expand.out_dim
-        total += patch_expanding_saved_elements(dims[0], head_channels, tokens[0], voxels) + head_channels * voxels
-        if self.decoder.deep_supervision:  # the 1x1 heads keep the outputs of the three deeper decoder levels
-            total += sum(dims[level] * tokens[level] for level in range(1, NUM_LEVELS))
+        image, *grids = self.level_grids(input_size)
+        total = self.stem.compute_conv_feature_map_size(image) + self.encoder.compute_conv_feature_map_size(grids)
+        total += self.decoder.compute_conv_feature_map_size(grids)
         return int(total)

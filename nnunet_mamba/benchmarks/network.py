@@ -20,6 +20,10 @@ from nnunet_mamba.architectures import build_network, synthetic_configuration
 from nnunet_mamba.ops import scan_backend_override
 
 NNUNET_UNET = "nnU-Net UNet"
+NNUNET_RESENC_M = "nnU-Net ResEnc-M"
+# nnU-Net's ResEncUNetPlanner sets these in its __init__ (which reads a dataset, so they are not read from it here)
+RESENC_BLOCKS_PER_STAGE_ENCODER = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)
+RESENC_BLOCKS_PER_STAGE_DECODER = (1,) * 12
 
 
 def nnunet_default_unet(configuration, input_channels: int, num_classes: int) -> nn.Module:
@@ -42,56 +46,109 @@ def nnunet_default_unet(configuration, input_channels: int, num_classes: int) ->
         deep_supervision=False)
 
 
-def run_network_benchmark(network: str = "vm_unet", patch_size: Sequence[int] = (256, 256), batch: int = 8,
-                          input_channels: int = 1, num_classes: int = 4, device: str = "cuda",
+def nnunet_resenc_m(configuration, input_channels: int, num_classes: int) -> nn.Module:
+    """nnU-Net's ResEnc-M network for ``configuration``: the residual encoder planners' stage depths, with the
+    default planner's widths (the M preset differs from L and XL in its memory target only, i.e. in the patch)."""
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+    from dynamic_network_architectures.building_blocks.helper import (
+        convert_dim_to_conv_op,
+        get_matching_instancenorm,
+    )
+
+    dims = len(configuration.patch_size)
+    stages = len(configuration.pool_op_kernel_sizes)
+    max_features = 512 if dims == 2 else 320
+    conv_op = convert_dim_to_conv_op(dims)
+    return ResidualEncoderUNet(
+        input_channels, stages, [min(max_features, 32 * 2**i) for i in range(stages)], conv_op,
+        [list(k) for k in configuration.conv_kernel_sizes], [list(s) for s in configuration.pool_op_kernel_sizes],
+        list(RESENC_BLOCKS_PER_STAGE_ENCODER[:stages]), num_classes,
+        list(RESENC_BLOCKS_PER_STAGE_DECODER[:stages - 1]), conv_bias=True,
+        norm_op=get_matching_instancenorm(conv_op), norm_op_kwargs={"eps": 1e-5, "affine": True},
+        nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
+
+
+def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: Sequence[int] = (256, 256),
+                          batch: int = 8, input_channels: int = 1, num_classes: int = 4, device: str = "cuda",
                           amp: bool = True, backends: Sequence[str] = ("auto",), steps: int = 10,
-                          warmup: int = 3, compare_nnunet: bool = False) -> List[Dict]:
+                          warmup: int = 3, compare_nnunet: bool = False, compare_resenc: bool = False,
+                          configuration=None, network_overrides: Dict[str, Dict] | None = None) -> List[Dict]:
     """Time AdamW train steps (forward, cross-entropy, backward, step) and inference forward passes
-    (``no_grad``, eval) per scan backend; with ``compare_nnunet`` also nnU-Net's default UNet from the same
-    plan, and each row's ratio to it.
+    (``no_grad``, eval) of one or several registry networks per scan backend; with ``compare_nnunet`` also
+    nnU-Net's default UNet, with ``compare_resenc`` its ResEnc-M, built from the same plan, and each row's
+    ratio to them. ``configuration`` (a plan's, see ``planning.gpu_check.configuration_from_plan``) replaces
+    the one made for ``patch_size``; ``network_overrides`` maps a network's name to constructor arguments (the
+    registry's ``small_overrides``, say).
 
     The models take turns: after ``warmup`` untimed calls of each, every one of ``steps`` rounds times each
     model once, so that a shared or throttled machine slows them alike; times are the medians over rounds.
+    A model that fails in its warm-up (out of memory, say) gives a row with its ``error`` and is not timed.
     """
-    configuration = synthetic_configuration(patch_size)
+    configuration = configuration or synthetic_configuration(patch_size)
+    networks = [network] if isinstance(network, str) else list(network)
+    references = [(NNUNET_UNET, nnunet_default_unet, compare_nnunet),
+                  (NNUNET_RESENC_M, nnunet_resenc_m, compare_resenc)]
     candidates = []
-    if compare_nnunet:
-        torch.manual_seed(0)
-        candidates.append(({"network": NNUNET_UNET, "backend": "-"},
-                           _Timed(nnunet_default_unet(configuration, input_channels, num_classes), None,
-                                  configuration.patch_size, batch, input_channels, num_classes, device, amp)))
-    for backend in backends:
-        with scan_backend_override(backend):
+    for name, build, wanted in references:
+        if wanted:
             torch.manual_seed(0)
-            model = build_network(network, configuration, input_channels, num_classes, deep_supervision=False)
-        candidates.append(({"network": network, "backend": backend},
-                           _Timed(model, backend, configuration.patch_size, batch, input_channels, num_classes,
-                                  device, amp)))
-    for _, timed in candidates:
-        timed.warm_up(warmup)
+            candidates.append(({"network": name, "backend": "-"},
+                               _Timed(build(configuration, input_channels, num_classes), None,
+                                      configuration.patch_size, batch, input_channels, num_classes, device, amp)))
+    for name in networks:
+        for backend in backends:
+            with scan_backend_override(backend):
+                torch.manual_seed(0)
+                model = build_network(name, configuration, input_channels, num_classes, deep_supervision=False,
+                                      **(network_overrides or {}).get(name, {}))
+            candidates.append(({"network": name, "backend": backend},
+                               _Timed(model, backend, configuration.patch_size, batch, input_channels, num_classes,
+                                      device, amp)))
+    failed = {}
+    for index, (_, timed) in enumerate(candidates):
+        try:
+            timed.warm_up(warmup)
+        except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one
+            failed[index] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            timed.release()
+    working = [timed for index, (_, timed) in enumerate(candidates) if index not in failed]
     for mode in ("train_step", "inference"):
         for _ in range(steps):
-            for _, timed in candidates:
+            for timed in working:
                 timed.time(mode)
-    rows = [{**label, **timed.summary()} for label, timed in candidates]
-    if compare_nnunet:
-        for row in rows[1:]:
-            row["train_ratio"] = row["step_ms"] / rows[0]["step_ms"]
-            row["inference_ratio"] = row["inference_ms"] / rows[0]["inference_ms"]
+    rows = [{**label, "patch": list(configuration.patch_size), "batch": batch, "error": failed[index]}
+            if index in failed else {**label, **timed.summary()} for index, (label, timed) in enumerate(candidates)]
+    for reference, suffix in ((NNUNET_UNET, ""), (NNUNET_RESENC_M, "_resenc")):
+        base = next((r for r in rows if r["network"] == reference and "error" not in r), None)
+        if base is None:
+            continue
+        for row in rows:
+            if row["backend"] != "-" and "error" not in row:
+                row["train_ratio" + suffix] = row["step_ms"] / base["step_ms"]
+                row["inference_ratio" + suffix] = row["inference_ms"] / base["inference_ms"]
+                row["memory_ratio" + suffix] = row["peak_mib"] / base["peak_mib"]
     return rows
 
 
 def format_network_table(rows: List[Dict]) -> str:
+    with_resenc = any("train_ratio_resenc" in r for r in rows)
     lines = ["| network | scan backend | patch | batch | AMP (bf16) | train step ms | x nnU-Net UNet | inference ms "
-             "| x nnU-Net UNet | peak MiB (train) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| x nnU-Net UNet | peak MiB (train) |" + (" train x ResEnc-M | peak x ResEnc-M |" if with_resenc else ""),
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if with_resenc else "")]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['network']} | {r['backend']} | {'x'.join(map(str, r['patch']))} | {r['batch']} | "
+                         f"| failed: {r['error']} | | | | |" + (" | |" if with_resenc else ""))
+            continue
         ratios = [f"{r[key]:.2f}" if key in r else "" for key in ("train_ratio", "inference_ratio")]
-        lines.append(f"| {r['network']} | {r['backend']} | {'x'.join(map(str, r['patch']))} | {r['batch']} | "
-                     f"{'yes' if r['amp'] else 'no'} | {r['step_ms']:.1f} | {ratios[0]} | {r['inference_ms']:.1f} | "
-                     f"{ratios[1]} | {r['peak_mib']:.0f} |")
+        line = (f"| {r['network']} | {r['backend']} | {'x'.join(map(str, r['patch']))} | {r['batch']} | "
+                f"{'yes' if r['amp'] else 'no'} | {r['step_ms']:.1f} | {ratios[0]} | {r['inference_ms']:.1f} | "
+                f"{ratios[1]} | {r['peak_mib']:.0f} |")
+        if with_resenc:
+            line += "".join(f" {r[key]:.2f} |" if key in r else " |"
+                            for key in ("train_ratio_resenc", "memory_ratio_resenc"))
+        lines.append(line)
     return "\n".join(lines)
-
 
 
 class _Timed:
@@ -141,6 +198,12 @@ class _Timed:
             self.peak_mib = (torch.cuda.max_memory_allocated() - others) / 2**20
         for _ in range(calls):
             self._call("inference")
+
+    def release(self) -> None:
+        """Drops the model, its optimizer state and inputs (after a failure), so the others have the memory."""
+        self.model = self.optimizer = self.x = self.target = None
+        if self.on_cuda:
+            torch.cuda.empty_cache()
 
     def time(self, mode: str) -> None:
         if self.on_cuda:

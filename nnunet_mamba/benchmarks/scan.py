@@ -83,7 +83,9 @@ def mambapy_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
 def _scan_function(backend: str):
     if backend == "mambapy":
         return mambapy_selective_scan
-    if backend in ("torch", "numba", "triton", "cuda"):
+    from nnunet_mamba.ops.backends import BACKEND_NAMES
+
+    if backend in BACKEND_NAMES:
         from nnunet_mamba.ops import selective_scan
 
         return lambda **kw: selective_scan(**kw, backend=backend)
@@ -232,34 +234,15 @@ def _run_worker(job: Dict, threads: Optional[int]) -> Dict:
 
 def _available(backend: str, device: str) -> Optional[str]:
     """None when the backend can run here, else why not."""
-    if backend == "numba":
-        if device != "cpu":
-            return "runs on CPU tensors only"
-        from nnunet_mamba.ops import numba_status
-
-        ok, reason = numba_status()
-        return None if ok else reason
     if backend == "mambapy":
         try:
             import mambapy.pscan  # noqa: F401
         except ImportError as error:
             return f"mambapy not installed ({error}); pip install mambapy"
         return None
-    if backend == "triton":
-        if not device.startswith("cuda"):
-            return "needs a CUDA device (on CPU tensors Triton runs only in its test interpreter)"
-        from nnunet_mamba.ops.scan_triton import triton_status
+    from nnunet_mamba.ops.backends import get_backend
 
-        ok, reason = triton_status(device)
-        return None if ok else reason
-    if backend == "cuda":
-        if not device.startswith("cuda"):
-            return "needs a CUDA device"
-        from nnunet_mamba.ops import cuda_kernel_status
-
-        ok, reason = cuda_kernel_status()
-        return None if ok else reason
-    return None
+    return get_backend(backend).unavailable_reason(device) or None
 
 
 def _ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
@@ -301,6 +284,9 @@ def run_scan_benchmark(lengths: Sequence[int] = (1024, 4096, 16384), dim: int = 
                        verbose: bool = True) -> List[Dict]:
     """Time forward+backward (and, with ``inference``, the forward under no_grad) and peak memory per
     backend and length; prints and returns the rows."""
+    too_short = [length for length in lengths if length < 1]
+    if too_short:  # an empty sequence has nothing to time, and its failed timing read as a disagreement
+        raise ValueError(f"scan lengths must be at least 1, got {too_short}")
     backends = ["torch"]
     for name, wanted in (("numba", include_numba), ("mambapy", include_mambapy), ("triton", include_triton),
                          ("cuda", include_cuda)):
@@ -333,18 +319,20 @@ def run_scan_benchmark(lengths: Sequence[int] = (1024, 4096, 16384), dim: int = 
                 raise RuntimeError(f"scan backends disagree at L={seq_len}: {agreement}")
         timed = _run_worker({"task": "time", "backends": backends, "repeats": repeats, "inference": inference,
                              **common}, threads)
+        # CUDA's peak counters see allocations alone, not what a cache holds, so one process can measure all
+        # backends there; on CPU each measurement needs a fresh process (see the module's docstring)
+        peaks = (_run_worker({"task": "memory_all", "backends": backends, "inference": inference, **common},
+                             threads) if device.startswith("cuda") and "error" not in timed else None)
         for backend in backends:
             row = {"backend": backend, "L": seq_len, "dim": dim, "d_state": d_state, "groups": groups,
                    "batch": batch, "device": device}
             if "error" in timed:
                 row["error"] = timed["error"]
             else:
-                memory = _run_worker({"task": "memory", "backend": backend, "inference": False, **common}, threads)
-                row.update(timed[backend]["fwd_bwd"], peak_mib=memory.get("peak_mib", float("nan")))
+                row.update(timed[backend]["fwd_bwd"], peak_mib=_peak_mib(peaks, backend, False, common, threads))
                 if inference:
-                    memory = _run_worker({"task": "memory", "backend": backend, "inference": True, **common},
-                                         threads)
-                    row["inference"] = dict(timed[backend]["no_grad"], peak_mib=memory.get("peak_mib", float("nan")))
+                    row["inference"] = dict(timed[backend]["no_grad"],
+                                            peak_mib=_peak_mib(peaks, backend, True, common, threads))
             rows.append(row)
             if verbose:
                 print(f"  {BACKEND_LABELS[backend]:22s} L={seq_len}: "
@@ -354,6 +342,16 @@ def run_scan_benchmark(lengths: Sequence[int] = (1024, 4096, 16384), dim: int = 
         print()
         print(format_table(rows))
     return rows
+
+
+def _peak_mib(peaks: Optional[Dict], backend: str, inference: bool, common: Dict, threads) -> float:
+    """Peak MiB of one backend and mode: from ``peaks`` (one CUDA process's measurements of every backend),
+    else measured in a fresh process."""
+    mode = "no_grad" if inference else "fwd_bwd"
+    if peaks is not None:
+        return peaks.get(backend, {}).get(mode, float("nan"))
+    memory = _run_worker({"task": "memory", "backend": backend, "inference": inference, **common}, threads)
+    return memory.get("peak_mib", float("nan"))
 
 
 def _worker_main(job_json: str) -> None:
@@ -371,6 +369,11 @@ def _worker_main(job_json: str) -> None:
     elif job["task"] == "time":
         result = _times_in_this_process(job["backends"], *args, job["repeats"], job["device"], job["threads"],
                                         inference=job["inference"])
+    elif job["task"] == "memory_all":
+        modes = (False, True) if job["inference"] else (False,)
+        result = {backend: {("no_grad" if inference else "fwd_bwd"): _memory_in_this_process(
+            backend, *args, job["device"], job["threads"], inference=inference)["peak_mib"] for inference in modes}
+            for backend in job["backends"]}
     else:
         result = _memory_in_this_process(job["backend"], *args, job["device"], job["threads"],
                                          inference=job["inference"])

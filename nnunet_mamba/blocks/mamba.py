@@ -28,12 +28,13 @@ on the sequence and on its flip (or on both stacked along the batch, one scan ca
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_mamba.ops import selective_scan
+from nnunet_mamba.ops import saved_state_positions, selective_scan
 
 try:  # the fused CUDA causal convolution (optional; the 'cuda' extra installs it)
     from causal_conv1d import causal_conv1d_fn
@@ -127,6 +128,20 @@ class Mamba(nn.Module):
             D=self.D.to(ssm_dtype), z=z, delta_bias=self.dt_proj.bias.to(ssm_dtype), delta_softplus=True,
         )
         return F.linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
+
+    def compute_conv_feature_map_size(self, input_size: int | Sequence[int], sequences: int = 1) -> int:
+        """Elements saved for backward by one call on ``sequences`` sequences (a batch) of length ``input_size``.
+
+        With d_model D, E inner channels, rank R and N states, per sequence position: the input (D, kept by
+        in_proj), in_proj's output (2E: x and the gate z, which the scan keeps), x_proj's output (R + 2N: delta's
+        input, B and C), and five E-wide maps (the causal convolution's output, its SiLU, delta, the scan's output
+        and out_proj's transposed input). Once per call: A = -exp(A_log) (twice E N); per sequence, the numba
+        scan's state (E N) at every backward-chunk start (see :func:`nnunet_mamba.ops.saved_state_positions`).
+        """
+        length = input_size if isinstance(input_size, int) else math.prod(input_size)
+        e, r, n = self.d_inner, self.dt_rank, self.d_state
+        per_position = self.d_model + 2 * e + r + 2 * n + 5 * e
+        return sequences * (length * per_position + saved_state_positions(length, n) * n * e) + 2 * e * n
 
     @staticmethod
     def parameter_count(d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2) -> int:

@@ -17,6 +17,8 @@ import torch
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 from torch import nn
 
+from nnunet_mamba.blocks.layer_norm import LAYER_NORM_STATS_PER_TOKEN, layer_norm_saved_elements
+
 
 def _as_scale(scale: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
     if isinstance(scale, int):
@@ -48,6 +50,13 @@ class PatchEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(torch.movedim(self.proj(x), 1, -1))
 
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Elements saved for backward on an image of ``input_size`` (a multiple of the patch): the strided
+        convolution keeps the image, the LayerNorm the embedded tokens."""
+        tokens = math.prod(size // p for size, p in zip(input_size, self.patch_embed_size))
+        return (self.proj.in_channels * math.prod(input_size)
+                + layer_norm_saved_elements(self.norm.normalized_shape[0], tokens))
+
 
 class PatchMerging(nn.Module):
     """Downsample by ``scale`` per axis: gather each block of neighbours into channels, norm, project to ``out_dim``."""
@@ -72,6 +81,13 @@ class PatchMerging(nn.Module):
         x = x.reshape(batch, *(size // s for size, s in zip(spatial, self.scale)), channels * math.prod(self.scale))
         return self.reduction(self.norm(x))
 
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Elements saved for backward on a grid of ``input_size``: the gathered neighbours go through the
+        LayerNorm and the linear reduction, both keep them."""
+        gathered = self.norm.normalized_shape[0] * math.prod(size // s for size, s in zip(input_size, self.scale))
+        tokens_out = gathered // self.norm.normalized_shape[0]
+        return 2 * gathered + tokens_out * LAYER_NORM_STATS_PER_TOKEN
+
 
 class PatchExpanding(nn.Module):
     """Upsample by ``scale`` per axis: project to ``prod(scale) * out_dim`` channels, scatter them, norm."""
@@ -91,3 +107,10 @@ class PatchExpanding(nn.Module):
         x = x.permute(0, *interleaved, 2 * n + 1)
         x = x.reshape(batch, *(size * s for size, s in zip(spatial, self.scale)), self.out_dim)
         return self.norm(x)
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Elements saved for backward on a grid of ``input_size``: the linear expansion keeps its input, the
+        LayerNorm the scattered output."""
+        tokens_in = math.prod(input_size)
+        return (self.expand.in_features * tokens_in
+                + layer_norm_saved_elements(self.out_dim, tokens_in * math.prod(self.scale)))

@@ -23,6 +23,7 @@ direction: x_proj E*(R + 2N), dt_proj R*E + E, A_log E*N, D E (R = ceil(C/16)).
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,8 @@ from dynamic_network_architectures.building_blocks.helper import convert_dim_to_
 from dynamic_network_architectures.building_blocks.regularization import DropPath
 from torch import nn
 
-from nnunet_mamba.ops import selective_scan
+from nnunet_mamba.blocks.layer_norm import layer_norm_saved_elements
+from nnunet_mamba.ops import saved_state_positions, selective_scan
 
 
 def scan_orderings(spatial_dims: int) -> list[tuple[int, ...]]:
@@ -248,6 +250,28 @@ class VSSBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop_path(self.ssm(self.norm(x)))
 
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Elements saved for backward on a grid of ``input_size`` (one sample).
+
+        With C channels, E inner channels, K scan directions, rank R and N states, per token: the block input and
+        the normalised input (C each, the input through its norm), the input projection (2E: x and the gate z), the
+        depthwise convolution's output (E, for its SiLU), the K direction sequences and their deltas (K E each),
+        the x projection (K (R + 2N), which B and C are views of), and on the way out the merged directions, their
+        norm, the gate's SiLU and their product (E each). Besides: A = -exp(A_log) on its way into the scan (twice
+        K E N) and the scan's saved states (K E N at every backward-chunk start of the numba kernel, the CPU
+        default; mamba-ssm's CUDA kernel keeps fewer), which dominate at the deepest levels of small patches.
+        The pure-PyTorch scan keeps more: a block with it saves about 1.3x this count.
+        """
+        ssm = self.ssm
+        tokens = math.prod(input_size)
+        channels = self.norm.normalized_shape[0]
+        k, e, r, n = ssm.num_directions, ssm.d_inner, ssm.dt_rank, ssm.d_state
+        per_token = (layer_norm_saved_elements(channels, 1) + channels  # block input + stats, in_proj input
+                     + 2 * e + e                                       # in_proj output, conv output
+                     + 2 * k * e + k * (r + 2 * n)                     # sequences, deltas, x projection
+                     + layer_norm_saved_elements(e, 1) + 3 * e)        # out_norm input, its output, SiLU(z), product
+        return tokens * per_token + 2 * k * e * n + saved_state_positions(tokens, n) * n * k * e
+
 
 class VSSStage(nn.Sequential):
     """``depth`` VSS blocks at one resolution, with per-block drop-path rates."""
@@ -257,3 +281,6 @@ class VSSStage(nn.Sequential):
         if len(rates) != depth:
             raise ValueError(f"need {depth} drop-path rates, got {len(rates)}")
         super().__init__(*(VSSBlock(dim, spatial_dims, rate, d_state) for rate in rates))
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        return sum(block.compute_conv_feature_map_size(input_size) for block in self)

@@ -2,13 +2,43 @@
 step, count a network's FLOPs (selective scan included), or time the stock nnUNetv2_predict of one case."""
 
 
+def _sequence_length(text: str) -> int:
+    """--lengths: an integer L >= 1 (argparse names the option and exits with 2)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is no sequence length: give lengths L >= 1, e.g. 1024 4096")
+    return value
+
+
+class _ScanBackendChoices:
+    """The scan backends' table (``nnunet_mamba.ops.backends``) as argparse choices, read when argparse first
+    checks them: importing the ops package imports torch, which building the CLI's parser must not (hence the
+    option's fixed metavar: argparse would list the choices while building it)."""
+
+    def _names(self):
+        from nnunet_mamba.ops.backends import BACKEND_CHOICES
+
+        return BACKEND_CHOICES
+
+    def __contains__(self, name) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "benchmark", help="time forward+backward and peak memory of the scan backends (scan) or a network (network), "
                           "or count a network's parameters and FLOPs/MACs, selective scan included (flops), or time "
                           "nnUNetv2_predict of one synthetic case per scan backend next to nnU-Net's UNet (predict)")
     parser.add_argument("what", choices=["scan", "network", "flops", "predict"], help="what to benchmark")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384],
+    parser.add_argument("--lengths", type=_sequence_length, nargs="+", default=[1024, 4096, 16384],
                         help="scan: sequence lengths L (default: 1024 4096 16384)")
     parser.add_argument("--dim", type=int, default=192, help="scan: channels (default: 192)")
     parser.add_argument("--d-state", type=int, default=16, help="scan: state size N (default: 16)")
@@ -34,8 +64,9 @@ def register(subparsers) -> None:
                              "LightM-UNet's first upload; VALUE is read as a Python literal, else as a string")
     parser.add_argument("--distillation", action="store_true",
                         help="flops: also count DSVM-UNet's training-only self-distillation heads")
-    parser.add_argument("--backends", nargs="+", default=["auto"], choices=["auto", "cuda", "triton", "numba", "torch"],
-                        help="network: scan backends to compare (default: auto); predict: default torch numba")
+    parser.add_argument("--backends", nargs="+", default=["auto"], choices=_ScanBackendChoices(),
+                        metavar="BACKEND", help="network: scan backends to compare, 'auto' or the names `nnunet-mamba "
+                                                "doctor` lists (default: auto); predict: default torch numba")
     parser.add_argument("--no-amp", action="store_true", help="network: float32 instead of bf16 autocast on CUDA")
     parser.add_argument("--compare-nnunet", action="store_true",
                         help="network: also time nnU-Net's default UNet built from the same plan, and print ratios")

@@ -47,23 +47,20 @@ def run(args) -> int:
             return result
 
         try:
-            dataset = step("synthetic dataset (bright sphere = 1, dark cube = 2)",
-                           lambda: make_synthetic_dataset(workspace.raw, DEMO_DATASET_ID)
-                           if not list(workspace.raw.glob(f"Dataset{DEMO_DATASET_ID}_*"))
-                           else workspace.dataset_folder(DEMO_DATASET_ID))
+            step("synthetic dataset (bright sphere = 1, dark cube = 2)",
+                 lambda: make_synthetic_dataset(workspace.raw, DEMO_DATASET_ID)
+                 if not list(workspace.raw.glob(f"Dataset{DEMO_DATASET_ID}_*"))
+                 else workspace.dataset_folder(DEMO_DATASET_ID))
             step("nnUNetv2_plan_and_preprocess",
                  lambda: workspace.plan_and_preprocess(DEMO_DATASET_ID, args.configurations))
             for configuration in args.configurations:
                 step(f"nnUNetv2_train {DEMO_DATASET_ID} {configuration} 0 -tr {args.trainer}",
                      lambda: workspace.train(DEMO_DATASET_ID, configuration, 0, args.trainer, args.device))
-                predictions = root / f"predictions_{configuration}"
-                step(f"nnUNetv2_predict -c {configuration}",
-                     lambda: workspace.predict(DEMO_DATASET_ID, configuration, 0, args.trainer,
-                                               dataset / "imagesTs", predictions, args.device))
-                summary = step("nnUNetv2_evaluate_simple",
-                               lambda: workspace.evaluate(dataset / "labelsTs", predictions, DEMO_DATASET_ID))
-                dice = {label: round(values["Dice"], 3) for label, values in summary["mean"].items()}
-                print(f"  {configuration}: test Dice per label {dice} (1 = sphere, 2 = cube)")
+                score = step(f"nnUNetv2_predict, nnUNetv2_evaluate_simple and a picture -c {configuration}",
+                             lambda: workspace.score_test_set(DEMO_DATASET_ID, configuration, args.trainer,
+                                                              root / f"predictions_{configuration}",
+                                                              device=args.device))
+                print(score.report(), flush=True)
         except RuntimeError as error:
             print(f"\nerror: {error}", file=sys.stderr)
             return 1

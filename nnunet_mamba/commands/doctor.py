@@ -35,8 +35,7 @@ def run(args) -> int:
     import torch
 
     from nnunet_mamba import __version__, discovery
-    from nnunet_mamba.ops import (ENV_VAR, available_backends, cuda_kernel_status, numba_details, numba_status,
-                                  resolve_backend)
+    from nnunet_mamba.ops import BACKENDS, ENV_VAR, available_backends, requested_backend, resolve_backend
 
     problems = []
     print(f"nnunet-mamba {__version__}")
@@ -48,21 +47,33 @@ def run(args) -> int:
     else:
         print("  CUDA available: no (training runs on CPU: nnUNetv2_train ... -device cpu)")
 
-    _section("selective scan")
-    kernel_ok, kernel_reason = cuda_kernel_status()
-    print(f"  mamba-ssm compiled CUDA kernel present: {'yes' if kernel_ok else 'no - ' + kernel_reason}")
-    numba_ok, _ = numba_status()
-    print(f"  numba compiled CPU kernel: {'yes (' if numba_ok else 'no - '}{numba_details()}"
-          f"{')' if numba_ok else '; the pure-PyTorch scan runs on CPU (slower): pip install numba'}")
+    _section("selective scan (backends in the order 'auto' tries them; the table is nnunet_mamba.ops.BACKENDS)")
+    unavailable = available_backends()
+    for backend in BACKENDS:
+        reason = unavailable[backend.name]
+        details = f" ({backend.details()})" if backend.details and not reason else ""
+        print(f"  {backend.name}: {'yes' + details if not reason else 'no - ' + reason}")
+        epilogue = "fused" if backend.fuses_epilogue else "in autograd around the kernel"
+        print(f"      {backend.kernel} on {backend.devices} tensors, {'/'.join(backend.dtypes)}; "
+              f"bias/softplus/D/z {epilogue}")
     print(f"  {ENV_VAR}={os.environ.get(ENV_VAR, '(unset: auto)')}")
+    chosen = {}
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         try:
-            print(f"  tensors on {device} use the '{resolve_backend(torch.device(device))}' backend")
+            chosen[device] = resolve_backend(torch.device(device))
+            print(f"  tensors on {device} use the '{chosen[device]}' backend")
         except (RuntimeError, ValueError) as error:
             problems.append(str(error))
             print(f"  tensors on {device}: ERROR {error}")
-    if torch.cuda.is_available() and available_backends()["cuda"]:
-        print("  note: on this GPU the pure-PyTorch scan runs; `pip install .[cuda]` builds the faster kernel")
+    if requested_backend() == "auto":
+        for device, name in chosen.items():
+            # the backends 'auto' prefers on these tensors, and how to get them
+            preferred = BACKENDS[:[backend.name for backend in BACKENDS].index(name)]
+            missing = [backend for backend in preferred
+                       if backend.auto_device_types and device in backend.auto_device_types and backend.install_hint]
+            if missing:
+                print(f"  note: on {device} tensors the '{name}' backend runs; 'auto' would prefer "
+                      + "; ".join(f"'{backend.name}': {backend.install_hint}" for backend in missing))
 
     _section("nnU-Net environment")
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):

@@ -7,13 +7,27 @@ preprocessed folders; nnU-Net's plans are left as they are.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
+import math
 import os
 import sys
 from pathlib import Path
 
 DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
+
+
+def _gpu_memory_gib(text: str) -> float:
+    """--gpu-memory-gb: a positive, finite number of GiB (argparse names the option and exits with 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is no GPU memory budget: give the GPU's memory in GiB, a "
+                                         f"positive number such as 8, 24 or 80")
+    return value
 
 
 def register(subparsers) -> None:
@@ -26,9 +40,10 @@ def register(subparsers) -> None:
             "nnU-Net's plans. Train with: nnUNetv2_train ID CONFIGURATION FOLD -tr TRAINER -p PLANS."))
     parser.add_argument("-d", dest="dataset_ids", nargs="+", required=True, help="dataset ID(s) or name(s)")
     parser.add_argument("--network", required=True, help="registered network to plan for, e.g. vm_unet")
-    parser.add_argument("-c", dest="configurations", nargs="+", default=list(DEFAULT_CONFIGURATIONS),
-                        help="configurations to preprocess (default: 2d 3d_fullres 3d_lowres; all are planned)")
-    parser.add_argument("--gpu-memory-gb", type=float, default=8.0,
+    parser.add_argument("-c", dest="configurations", nargs="+", default=None,
+                        help="configurations to preprocess, of those the plans have (default: 2d 3d_fullres "
+                             "3d_lowres where planned; all are planned)")
+    parser.add_argument("--gpu-memory-gb", type=_gpu_memory_gib, default=8.0,
                         help="memory of the GPU to train on, in GiB (default 8); e.g. 8, 24, 40, 80")
     parser.add_argument("--plans-name", default=None,
                         help="plans identifier (default nnUNetMambaPlans_<network>_<GB>G)")
@@ -85,16 +100,24 @@ def _fingerprinted_dataset_name(dataset_id: str) -> str:
 def _trainer_hint(network_name: str) -> str:
     from nnunet_mamba import discovery
 
-    try:
-        trainers = discovery.our_trainers()
-    except Exception:  # noqa: BLE001 - a trainer module that fails to import must not fail finished plans
-        return "TRAINER"
-    # the plain trainer of the network has the shortest name (its variants add to it)
-    names = [name for name, trainer in trainers.items() if trainer.network_name == network_name]
-    return min(names, key=len) if names else "TRAINER"
+    return discovery.trainer_for_network(network_name) or "TRAINER"
 
 
-def plan_dataset(dataset_id: str, network_name: str, gpu_memory_gb: float, configurations, plans_name=None,
+def _configurations_to_preprocess(requested, plans: dict, plans_name: str) -> list[str]:
+    """``requested`` (-c), each of which the plans must have; by default those of DEFAULT_CONFIGURATIONS they have
+    (nnU-Net plans no 3d_lowres for small images)."""
+    planned = list(plans["configurations"])
+    if requested is None:
+        return [name for name in DEFAULT_CONFIGURATIONS if name in planned]
+    unknown = [name for name in requested if name not in planned]
+    if unknown:
+        raise PlanningError(
+            f"-c {' '.join(unknown)}: the plans {plans_name} of {plans['dataset_name']} have no such configuration "
+            f"(they have {', '.join(planned)}); nothing was preprocessed")
+    return list(requested)
+
+
+def plan_dataset(dataset_id: str, network_name: str, gpu_memory_gb: float, configurations=None, plans_name=None,
                  num_processes=None, preprocess: bool = True) -> tuple[str, dict]:
     """Plan (and preprocess) one dataset; returns the plans identifier and the plans."""
     from nnunet_mamba.architectures import get_network
@@ -108,6 +131,7 @@ def plan_dataset(dataset_id: str, network_name: str, gpu_memory_gb: float, confi
     planner = planners_package().MambaExperimentPlanner(dataset_name, gpu_memory_gb, plans_name=plans_name,
                                                         network_name=network_name)
     plans = planner.plan_experiment()
+    configurations = _configurations_to_preprocess(configurations, plans, planner.plans_identifier)
     if preprocess:
         from nnunetv2.configuration import default_num_processes
         from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset

@@ -12,6 +12,7 @@ conversion into the same root.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -161,7 +163,8 @@ def _write_volume_case(job: CaseJob, staging: Path, file_ending: str) -> list[st
         shutil.copyfile(job.image, image_out)
     else:
         with _as_conversion_error():
-            sitk.WriteImage(read_image(job.image), str(image_out), useCompression=True)
+            image = read_image(job.image)
+        _write_volume(image, image_out)
 
     if job.label is None:
         return warnings
@@ -180,8 +183,23 @@ def _write_volume_case(job: CaseJob, staging: Path, file_ending: str) -> list[st
     label_out.SetSpacing(header.GetSpacing())
     label_out.SetOrigin(header.GetOrigin())
     label_out.SetDirection(header.GetDirection())
-    sitk.WriteImage(label_out, str(staging / f"labels{job.subset}" / f"{job.identifier}{file_ending}"), True)
+    _write_volume(label_out, staging / f"labels{job.subset}" / f"{job.identifier}{file_ending}")
     return warnings
+
+
+def _write_volume(image, path: Path) -> None:
+    """``SimpleITK.WriteImage``, verified: on a full disk its NIfTI writer prints a line and leaves a short file."""
+    import SimpleITK as sitk
+
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError as error:  # the C++ source location first, what went wrong last
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise OSError(errno.EIO, lines[-1] if lines else "SimpleITK cannot write it", str(path)) from None
+    try:
+        check_complete(path)
+    except VolumeError:
+        raise OSError(errno.EIO, "written incomplete (is the disk full?)", str(path)) from None
 
 
 _PIL_READ_ERRORS = (OSError, SyntaxError, ValueError)  # truncated, not an image, broken chunks
@@ -312,6 +330,29 @@ def write_splits(splits: list[dict[str, list[str]]], folder: Path) -> Path:
 def _require_folder(path: Path, option: str) -> None:
     if path.exists() and not path.is_dir():
         raise ConversionError(f"{path} is a file, not a folder; {option} must name a folder")
+
+
+def _describe_os_error(error: OSError) -> str:
+    """An OSError's cause and the file it names, without Python's ``[Errno N]`` decoration."""
+    cause = error.strerror or str(error) or type(error).__name__
+    # a full disk is the destination's; shutil.copyfile names its source then
+    about_the_file = error.filename and error.errno not in (errno.ENOSPC, errno.EDQUOT)
+    return f"{error.filename}: {cause}" if about_the_file else cause
+
+
+def _require_writable(folder: Path, option: str) -> None:
+    """Refuse a folder that cannot be written (read-only mount, no permission) before anything is written:
+    a test file goes into ``folder`` or, where it does not exist yet, into the nearest folder above it (which
+    its creation needs to write), and is removed again."""
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    try:
+        handle, name = tempfile.mkstemp(dir=existing, prefix=".nnunet-mamba-write-test-")
+        os.close(handle)
+        os.unlink(name)
+    except OSError as error:
+        raise ConversionError(
+            f"cannot write to {folder} ({option}): {existing}: {error.strerror or error}; nothing was written"
+        ) from None
 
 
 def _check_id_is_free(dataset_id: int, folder_name: str, roots: Mapping[str, Path | None]) -> None:
@@ -472,29 +513,47 @@ def write_dataset(
     if split_target is not None and not overwrite:
         _check_split_replaceable(split_target, plan.splits)
 
+    _require_writable(out_root, "--out or $nnUNet_raw")
+    if split_target is not None:
+        _require_writable(split_target.parent, "--preprocessed or $nnUNet_preprocessed")
     try:
         out_root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConversionError(f"cannot create {out_root} (--out or $nnUNet_raw): {error}") from None
     for note in sweep_stale_staging(out_root):
         print(f"note: {note}", file=sys.stderr)
-    with _staging_folder(out_root / f".{folder_name}.partial-{os.getpid()}") as staging:
-        for subset in ("Tr", "Ts"):
-            cases = plan.cases_in(subset)
-            if cases:
-                (staging / f"images{subset}").mkdir()
-            if any(c.label is not None for c in cases):
-                (staging / f"labels{subset}").mkdir()
-        warnings = _run_jobs(plan.cases, staging, plan.file_ending, num_processes, f"Converting {folder_name}")
-        _write_json(staging / "dataset.json", _dataset_json(plan))
-        if plan.splits:
-            write_splits(plan.splits, staging)
-        (staging / _OWNER_FILE).unlink()
-        _move_into_place(staging, destination)
+    try:
+        with _staging_folder(out_root / f".{folder_name}.partial-{os.getpid()}") as staging:
+            for subset in ("Tr", "Ts"):
+                cases = plan.cases_in(subset)
+                if cases:
+                    (staging / f"images{subset}").mkdir()
+                if any(c.label is not None for c in cases):
+                    (staging / f"labels{subset}").mkdir()
+            warnings = _run_jobs(plan.cases, staging, plan.file_ending, num_processes, f"Converting {folder_name}")
+            _write_json(staging / "dataset.json", _dataset_json(plan))
+            if plan.splits:
+                write_splits(plan.splits, staging)
+            (staging / _OWNER_FILE).unlink()
+            _move_into_place(staging, destination)
+    except OSError as error:  # a full disk, a folder that turned read-only meanwhile
+        kept = "the previous dataset there is unchanged" if destination.exists() else "nothing is left there"
+        raise ConversionError(
+            f"cannot write {folder_name} into {out_root} (--out or $nnUNet_raw): {_describe_os_error(error)}; "
+            f"removed the unfinished output, {kept}"
+        ) from None
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if split_target is not None:
-        write_splits(plan.splits, split_target.parent)
+        try:
+            write_splits(plan.splits, split_target.parent)
+        except (ConversionError, OSError) as error:
+            cause = (f"cannot write {SPLITS_FILENAME} into {split_target.parent}: {_describe_os_error(error)}"
+                     if isinstance(error, OSError) else str(error))
+            raise ConversionError(
+                f"{cause}. The dataset {destination} is complete (with its split); place the split by hand: "
+                f"mkdir -p {split_target.parent} && cp {destination / SPLITS_FILENAME} {split_target.parent}/"
+            ) from None
     if preprocessed_folder is not None:
         note = _stale_preprocessed_note(preprocessed_folder, dataset_id, wrote_split=split_target is not None)
         if note:

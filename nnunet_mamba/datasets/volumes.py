@@ -127,6 +127,21 @@ def read_image(path: Path, what: str = "an image"):
         raise reader_error(path, error, what) from None
 
 
+def count_non_finite(path: Path, array) -> int:
+    """How many voxels of ``path`` (read into ``array`` by :func:`read_image`) are NaN or infinite.
+
+    SimpleITK's NIfTI reader turns NaN into 0, so a float NIfTI file's voxels are counted as stored (nibabel);
+    the other formats reach ``array`` unchanged.
+    """
+    if array.dtype.kind not in "fc":
+        return 0
+    if _is_nifti(Path(path)):
+        import nibabel
+
+        array = np.asanyarray(nibabel.load(str(path)).dataobj)
+    return int(array.size - np.count_nonzero(np.isfinite(array)))
+
+
 # ----------------------------------------------------------------------------------------------
 # Geometry
 # ----------------------------------------------------------------------------------------------

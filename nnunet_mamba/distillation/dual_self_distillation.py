@@ -13,9 +13,14 @@ Projection self-distillation (global, Eq. 2)::
 
 Progressive self-distillation (local, Eq. 3), between adjacent levels l-1 and l::
 
-    encoder (the deeper f_l teaches the shallower f_{l-1}):  MSE(Conv1x1(f_{l-1}^e), Interp(f_l^e))
+    encoder (the deeper f_l teaches the shallower f_{l-1}):  MSE(f_{l-1}^e, Interp(Conv1x1(f_l^e)))
     decoder (the later f_{l-1} teaches the earlier f_l):     MSE(Interp(Conv1x1(f_l^d)), f_{l-1}^d)
     L_prog = sum_{l=2..M} of both                 Interp: bi/trilinear to the grid of level l-1
+
+In both, as the paper's text says ("we apply 1x1 2D convolution to f_2^e to achieve consistent channels with
+f_1^e"), the deeper level is convolved down to the shallower level's channels and upsampled.
+``encoder_progressive="student_side"`` (our earlier reading, an option) convolves the shallower encoder
+student up to the teacher's channels instead, MSE(Conv1x1(f_{l-1}^e), Interp(f_l^e)).
 
 Choices where the paper is ambiguous, and why:
 
@@ -30,11 +35,13 @@ Choices where the paper is ambiguous, and why:
   f_1^d, as in Eq. 2. Eq. 2's decoder sum runs over l = 1..M-1, which includes the trivial pair
   (f^_1^d, f_1^d) and leaves out the bottleneck level f_M^d; we read its M - 1 terms as "every decoder
   level but the teacher" (l = 2..M), so every decoder level is distilled, as every encoder level is.
-* Learned heads sit on the student side only. A learned head on a detached teacher would learn to imitate
-  its student and move the target towards it, so in the encoder's progressive term the shallower student
-  is brought to the teacher's channels by the 1x1 convolution and the deeper teacher is only interpolated
-  (parameter-free) to the student's grid; in the decoder the deeper student is convolved and interpolated.
-  Both keep the paper's "lower dimensionality aligned to the higher" on the grid of level l-1.
+* No head learns to imitate its student. In the encoder's progressive term the paper puts its 1x1
+  convolution on the teacher: trained by this loss, it would learn to predict the student from the teacher
+  and move the target towards the student. Here that convolution is a **fixed** projection (orthonormal
+  rows, so each output channel keeps the teacher's scale; no bias; never trained), so the target is the
+  teacher's own features, only reduced. Every learned head (projection, decoder progressive, and the
+  ``student_side`` option's encoder heads) sits on a student. All keep the paper's "lower dimensionality
+  aligned to the higher" on the grid of level l-1.
 * Teacher features are detached by default (``detach_teachers``): the loss moves the students towards the
   teacher, never the teacher's backbone features towards a shallower level, which is the point of
   distilling high-level semantics downwards and keeps the teacher from collapsing onto its students.
@@ -58,6 +65,10 @@ from dynamic_network_architectures.building_blocks.helper import convert_dim_to_
 
 PROJECTION = "projection"
 PROGRESSIVE = "progressive"
+#: the encoder's progressive term: the paper's direction (the deeper teacher convolved down, by a fixed
+#: projection) or ours before (the shallower student convolved up by a learned head)
+ENCODER_PROGRESSIVE_PAPER, ENCODER_PROGRESSIVE_STUDENT_SIDE = "paper", "student_side"
+ENCODER_PROGRESSIVE_MODES = (ENCODER_PROGRESSIVE_PAPER, ENCODER_PROGRESSIVE_STUDENT_SIDE)
 
 _INTERPOLATION = {2: "bilinear", 3: "trilinear"}
 
@@ -108,11 +119,19 @@ def interpolate_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 class ProgressiveHead(nn.Module):
-    """1x1 convolution to the other level's channels, then bi/trilinear resampling to ``size`` (Eq. 3)."""
+    """1x1 convolution to the other level's channels, then bi/trilinear resampling to ``size`` (Eq. 3).
 
-    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int):
+    ``fixed``: an untrained projection with orthonormal rows and no bias (for a head on a teacher)."""
+
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int, fixed: bool = False):
         super().__init__()
-        self.channel = convert_dim_to_conv_op(spatial_dims)(in_channels, out_channels, kernel_size=1)
+        self.channel = convert_dim_to_conv_op(spatial_dims)(in_channels, out_channels, kernel_size=1, bias=not fixed)
+        if fixed:
+            if out_channels > in_channels:
+                raise ValueError(f"a fixed projection reduces channels; got {in_channels} -> {out_channels}")
+            with torch.no_grad():
+                nn.init.orthogonal_(self.channel.weight.view(out_channels, in_channels))
+            self.channel.weight.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         return interpolate_to(self.channel(x), size)
@@ -126,15 +145,22 @@ class DualSelfDistillation(nn.Module):
         level_strides: M - 1 per-axis strides from level l to level l + 1 (VM-UNet's patch mergings).
         projection / progressive: which loss to build heads for (the ablations of Table 3).
         detach_teachers: stop gradients at the teachers' backbone features (see the module docstring).
+        encoder_progressive: "paper" (the deeper teacher convolved down by a fixed projection and upsampled) or
+            "student_side" (the shallower student convolved up by a learned head); see the module docstring.
     """
 
     def __init__(self, dims: Sequence[int], level_strides: Sequence[Sequence[int]], projection: bool = True,
-                 progressive: bool = True, detach_teachers: bool = True):
+                 progressive: bool = True, detach_teachers: bool = True,
+                 encoder_progressive: str = ENCODER_PROGRESSIVE_PAPER):
         super().__init__()
         if len(level_strides) != len(dims) - 1:
             raise ValueError(f"{len(dims)} levels need {len(dims) - 1} level strides, got {len(level_strides)}")
         if not (projection or progressive):
             raise ValueError("DualSelfDistillation needs the projection loss, the progressive loss or both")
+        if encoder_progressive not in ENCODER_PROGRESSIVE_MODES:
+            raise ValueError(f"encoder_progressive must be one of {', '.join(map(repr, ENCODER_PROGRESSIVE_MODES))}, "
+                             f"got {encoder_progressive!r}")
+        self.encoder_progressive_mode = encoder_progressive
         self.dims = [int(d) for d in dims]
         self.spatial_dims = len(level_strides[0])
         self.detach_teachers = detach_teachers
@@ -150,10 +176,16 @@ class DualSelfDistillation(nn.Module):
             # the decoder's teacher, f_1^d, is not a student of itself
             self.decoder_projection = nn.ModuleList(
                 ProjectionHead(self.dims[l], self.dims[0], scales[l]) for l in range(1, self.levels))
-        if progressive:
-            # student side: the shallower level to the deeper (teacher) level's channels
+        if progressive and encoder_progressive == ENCODER_PROGRESSIVE_PAPER:
+            # teacher side, fixed: the deeper level down to the shallower (student) level's channels
+            self.encoder_progressive = nn.ModuleList(
+                ProgressiveHead(self.dims[l], self.dims[l - 1], self.spatial_dims, fixed=True)
+                for l in range(1, self.levels))
+        elif progressive:
+            # student side: the shallower level up to the deeper (teacher) level's channels
             self.encoder_progressive = nn.ModuleList(
                 ProgressiveHead(self.dims[l - 1], self.dims[l], self.spatial_dims) for l in range(1, self.levels))
+        if progressive:
             self.decoder_progressive = nn.ModuleList(
                 ProgressiveHead(self.dims[l], self.dims[l - 1], self.spatial_dims) for l in range(1, self.levels))
 
@@ -199,8 +231,11 @@ class DualSelfDistillation(nn.Module):
         for l in range(1, self.levels):
             finer = encoder[l - 1].shape[2:]
             # encoder: the deeper level teaches the shallower one
-            loss = loss + feature_mse(self.encoder_progressive[l - 1](encoder[l - 1], finer),
-                                      interpolate_to(self._teacher(encoder[l]), finer))
+            head = self.encoder_progressive[l - 1]
+            if self.encoder_progressive_mode == ENCODER_PROGRESSIVE_PAPER:
+                loss = loss + feature_mse(encoder[l - 1], head(self._teacher(encoder[l]), finer))
+            else:
+                loss = loss + feature_mse(head(encoder[l - 1], finer), interpolate_to(self._teacher(encoder[l]), finer))
             # decoder: the later (shallower) level teaches the earlier, deeper one
             loss = loss + feature_mse(self.decoder_progressive[l - 1](decoder[l], finer), self._teacher(decoder[l - 1]))
         return loss

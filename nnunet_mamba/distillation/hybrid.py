@@ -15,6 +15,13 @@ all on the **final output maps only** (no feature taps, no extra heads, nothing 
     single element, so NCKD = 0 and L_DKD = alpha * T^2 * mean Bernoulli KL(p_fg^T || p_fg^S) whatever the
     label. The paper's Eq. 14 and the official ``8.0 * kl.mean()`` are this with alpha = 8, T = 1 (hence the
     defaults; beta = 8 is DKD's CIFAR default and only matters for three or more classes).
+    **The official clamp** (``probability_clamp``, default 1e-6 in :class:`HybridDistillationConfig`): the
+    official code clamps the teacher's and the student's p_fg to [1e-6, 1 - 1e-6] before its Bernoulli KL.
+    That caps the per-pixel term at about 13.8 nats and gives no gradient where the student's probability is
+    beyond the clamp, i.e. confident pixels stop pulling. Here b^T and b^S (p_t and 1 - p_t) are clamped the
+    same way, which for two classes is exactly the official clamp (the clamp is symmetric) and leaves NCKD as
+    it is. ``probability_clamp=None`` gives the exact, unclamped KL (a teacher at logit difference +24 and a
+    student at -24: 24 nats instead of 13.8, with gradients the official code does not have).
 ``attention``: a spatial-softmax KL (Eqs. 15-16), not Zagoruyko-Komodakis attention transfer. For every
     foreground probability map P of a sample, A = softmax(vec(P) / tau) over all its pixels / voxels;
     KL(A^T || A^S) summed over the pixels, averaged over samples and foreground maps (the official
@@ -65,17 +72,29 @@ def _check_weight(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
 
 
+def _check_probability_clamp(value: float | None) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and 0 < value < 0.5):
+        raise ValueError(f"probability_clamp must be None (the exact KL) or a number in (0, 0.5), got {value!r}")
+
+
+#: the official train_distillation.py clamps both probabilities to [1e-6, 1 - 1e-6] before its KL
+OFFICIAL_PROBABILITY_CLAMP = 1e-6
+
+
 @dataclass(frozen=True)
 class HybridDistillationConfig:
     dkd_alpha: float = 8.0        # the official x8 on the per-pixel binary KL, which is the target-class part
     dkd_beta: float = 8.0         # DKD's CIFAR default for the non-target part (zero for two classes)
     dkd_temperature: float = 1.0
+    #: the target-class probabilities are clamped to [c, 1 - c] before the KL (the official code); None: exact KL
+    dkd_probability_clamp: float | None = OFFICIAL_PROBABILITY_CLAMP
     attention_temperature: float = 0.5
 
     def __post_init__(self):
         _check_weight("dkd_alpha", self.dkd_alpha)
         _check_weight("dkd_beta", self.dkd_beta)
         _check_temperature("dkd_temperature", self.dkd_temperature)
+        _check_probability_clamp(self.dkd_probability_clamp)
         _check_temperature("attention_temperature", self.attention_temperature)
 
 
@@ -104,12 +123,17 @@ def _float32_no_autocast(tensor: torch.Tensor):
 
 
 def decoupled_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-                 alpha: float, beta: float, temperature: float, ignore_label: int | None = None) -> torch.Tensor:
-    """Per-pixel DKD with the ground-truth class as target class, mean over the non-ignored pixels (0 if none)."""
+                 alpha: float, beta: float, temperature: float, ignore_label: int | None = None,
+                 probability_clamp: float | None = None) -> torch.Tensor:
+    """Per-pixel DKD with the ground-truth class as target class, mean over the non-ignored pixels (0 if none).
+
+    ``probability_clamp``: None, the exact KL (DKD's own); c, p_t and 1 - p_t of both clamped to [c, 1 - c] in
+    TCKD (the official UltraLBM code with c = 1e-6, see the module docstring)."""
     _check_logits_and_target(student_logits, teacher_logits, target)
     _check_weight("alpha", alpha)
     _check_weight("beta", beta)
     _check_temperature("temperature", temperature)
+    _check_probability_clamp(probability_clamp)
     num_classes = student_logits.shape[1]
     with _float32_no_autocast(student_logits):
         labels = target[:, 0].long()
@@ -133,8 +157,17 @@ def decoupled_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
 
         log_pt_student, log_rest_student = binary_log_probs(log_p_student)
         log_pt_teacher, log_rest_teacher = binary_log_probs(log_p_teacher)
-        tckd = (log_pt_teacher.exp() * (log_pt_teacher - log_pt_student)
-                + log_rest_teacher.exp() * (log_rest_teacher - log_rest_student))
+        if probability_clamp is None:
+            binary_student = (log_pt_student, log_rest_student)
+            binary_teacher = (log_pt_teacher, log_rest_teacher)
+        else:
+            # clamping log p is clamping p (log is monotonic) without float32's cancellation in 1 - p; p_t beyond
+            # 1 - c puts 1 - p_t below c, so both ends saturate together, and the clamp passes no gradient there
+            low, high = math.log(probability_clamp), math.log1p(-probability_clamp)
+            binary_student = tuple(v.clamp(low, high) for v in (log_pt_student, log_rest_student))
+            binary_teacher = tuple(v.clamp(low, high) for v in (log_pt_teacher, log_rest_teacher))
+        tckd = sum(log_teacher.exp() * (log_teacher - log_student)
+                   for log_teacher, log_student in zip(binary_teacher, binary_student))
 
         # non-target distributions renormalised: log p^_i = log p_i - log(1 - p_t). The target channel is set to
         # log 1 in both, so it adds 1 * (0 - 0); exponentiating its p_t / (1 - p_t) would overflow to inf for a
@@ -211,7 +244,7 @@ def hybrid_distillation_terms(student_logits: torch.Tensor, teacher_logits: torc
         result = {}
         if "dkd" in terms:
             result["dkd"] = decoupled_kd(student, teacher, target, config.dkd_alpha, config.dkd_beta,
-                                         config.dkd_temperature, ignore_label)
+                                         config.dkd_temperature, ignore_label, config.dkd_probability_clamp)
         if "attention" in terms or "edge" in terms:
             student_foreground = torch.softmax(student, dim=1)[:, 1:]
             teacher_foreground = torch.softmax(teacher, dim=1)[:, 1:]

@@ -3,7 +3,7 @@
 Before a case is scored its two files are checked: complete (not truncated), on the same voxel grid
 (a pure reorientation of the prediction is undone, any other difference is an error: a mirrored
 prediction would otherwise score perfectly), and holding only known label values (0/255 masks would
-otherwise score 0).
+otherwise score 0; NaN or infinite voxels would otherwise count as background).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from nnunet_mamba.datasets.parallel import parallel_map
-from nnunet_mamba.datasets.volumes import Geometry, VolumeError, onto_grid, read_image
+from nnunet_mamba.datasets.volumes import Geometry, VolumeError, count_non_finite, onto_grid, read_image
 
 from .metrics import score_region
 from .protocols import EvalClass, resolve_classes, summarize
@@ -63,7 +63,13 @@ def read_segmentation(path: Path) -> tuple[np.ndarray, Geometry]:
         raise EvaluationError(str(error)) from None
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise EvaluationError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} channels, expected a label map")
-    return sitk.GetArrayFromImage(image), Geometry.of(image)
+    array = sitk.GetArrayFromImage(image)
+    non_finite = count_non_finite(path, array)
+    if non_finite:
+        raise EvaluationError(
+            f"{path}: {non_finite} voxel(s) are NaN or infinite, which is no label value; a segmentation holds "
+            f"the integer labels of dataset.json: write it again from the network's output (argmax)")
+    return array, Geometry.of(image)
 
 
 def spacing_of(geometry: Geometry) -> tuple[float, ...]:

@@ -1,6 +1,9 @@
-"""Selective-scan operators: one entry point; CUDA (mamba-ssm), compiled CPU (numba) and pure-PyTorch backends."""
+"""Selective-scan operators: one entry point (``selective_scan``), its backends declared once in ``BACKENDS``
+(mamba-ssm's CUDA kernel, Triton, compiled CPU (numba), pure PyTorch), and the float64 reference beside them."""
+from nnunet_mamba.ops.backends import BACKENDS, ScanBackend
 from nnunet_mamba.ops.scan_cuda import cuda_kernel_status
-from nnunet_mamba.ops.scan_numba import numba_details, numba_status
+from nnunet_mamba.ops.scan_numba import numba_details, numba_status, saved_state_positions
+from nnunet_mamba.ops.scan_reference import selective_scan_ref
 from nnunet_mamba.ops.selective_scan import (
     BACKEND_CHOICES,
     ENV_VAR,
@@ -13,8 +16,10 @@ from nnunet_mamba.ops.selective_scan import (
 )
 
 __all__ = [
+    "BACKENDS",
     "BACKEND_CHOICES",
     "ENV_VAR",
+    "ScanBackend",
     "available_backends",
     "backend_report",
     "cuda_kernel_status",
@@ -22,6 +27,8 @@ __all__ = [
     "numba_status",
     "requested_backend",
     "resolve_backend",
+    "saved_state_positions",
     "scan_backend_override",
     "selective_scan",
+    "selective_scan_ref",
 ]

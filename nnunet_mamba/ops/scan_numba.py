@@ -1,7 +1,7 @@
 """The compiled CPU selective scan (numba): guarded loading, thread settings, and its autograd Function.
 
 The kernels themselves are in :mod:`nnunet_mamba.ops.numba_kernels`. numba is imported lazily, once, and
-why it failed is remembered (as for the mamba-ssm kernel in ``scan_cuda``), so ``import nnunet_mamba``
+why it failed is remembered (:class:`~nnunet_mamba.ops._optional.LazyImport`), so ``import nnunet_mamba``
 stays fast and works without numba, and error messages can say what went wrong.
 
 Compiled kernels are cached on disk (numba's ``cache=True``): next to the module in ``__pycache__`` when
@@ -17,6 +17,8 @@ import threading
 from typing import Optional, Tuple
 
 import torch
+
+from nnunet_mamba.ops._optional import LazyImport
 
 KERNEL_MODULE = "nnunet_mamba.ops.numba_kernels"
 # Channels scanned together by one work unit: the SIMD lanes of the kernels' inner loops (a multiple of 8
@@ -34,34 +36,23 @@ FORWARD_CHUNK = 256
 # backward would first have to scan the whole sequence once more to find them.
 BACKWARD_BUFFER_ELEMENTS = 1 << 19
 
-_load_lock = threading.Lock()
 # numba's fallback threading layer (workqueue) must not run two parallel kernels at once, and the kernels
 # release the GIL, so launches are serialised here
 _launch_lock = threading.Lock()
-_attempted = False
-_kernels = None
-_unavailable_reason = ""
 
 
-def _load() -> None:
-    global _attempted, _kernels, _unavailable_reason
-    with _load_lock:
-        if _attempted:
-            return
-        _kernels, _unavailable_reason = None, ""
-        try:
-            _kernels = importlib.import_module(KERNEL_MODULE)
-        except Exception as error:  # ImportError, but also e.g. a numba built for another numpy
-            _unavailable_reason = f"numba could not be imported ({type(error).__name__}: {error})"
-        _attempted = True
+def _load_kernels():
+    return importlib.import_module(KERNEL_MODULE)
+
+
+# ImportError, but also e.g. a numba built for another numpy
+kernels_import = LazyImport(
+    _load_kernels, lambda error: f"numba could not be imported ({type(error).__name__}: {error})")
 
 
 def numba_status() -> Tuple[bool, str]:
     """``(True, "")`` when numba imports and the kernels are defined, else ``(False, reason)``."""
-    _load()
-    if _kernels is None:
-        return False, _unavailable_reason
-    return True, ""
+    return kernels_import.status()
 
 
 def numba_details() -> str:
@@ -71,7 +62,7 @@ def numba_details() -> str:
         return reason
     import numba
 
-    return f"numba {numba.__version__}, {_kernels.CACHE_NOTE}"
+    return f"numba {numba.__version__}, {kernels_import.result()[0].CACHE_NOTE}"
 
 
 def _get_kernels():
@@ -80,7 +71,7 @@ def _get_kernels():
         raise RuntimeError(
             f"The numba selective-scan backend is unavailable: {reason}. Install it with `pip install numba` "
             f"(pinned in requirements-cpu.txt), or set NNUNET_MAMBA_SCAN=torch to use the pure-PyTorch scan.")
-    return _kernels
+    return kernels_import.result()[0]
 
 
 def _use_torch_threads() -> int:
@@ -131,6 +122,14 @@ def backward_chunk(seq_len: int, d_state: int) -> int:
     (independent of the thread count, which may change between forward and backward)."""
     per_position = 2 * max(1, d_state) * MAX_BLOCK_WIDTH
     return max(1, min(seq_len, BACKWARD_BUFFER_ELEMENTS // per_position))
+
+
+def saved_state_positions(seq_len: int, d_state: int) -> int:
+    """Positions whose state a training forward keeps per channel for the backward: every backward-chunk start.
+
+    With the u of the scan, N of these states per channel is what the scan adds to a block's memory; networks
+    count it in ``compute_conv_feature_map_size``."""
+    return -(-seq_len // backward_chunk(seq_len, d_state))
 
 
 def _array(t: Optional[torch.Tensor], empty_shape, like: torch.Tensor):

@@ -20,7 +20,7 @@ dividing by a_t would underflow. Gradients of B and C sum over the channels of a
 its channel block and adds the (N x chunk) result atomically, so with more than one channel block per group
 their last bits depend on the order of the adds. Gradients of A are per-batch partial sums, added in torch.
 
-Triton is imported lazily, once, and why it failed is remembered (as for mamba-ssm in ``scan_cuda``), so
+Triton is imported lazily, once, and why it failed is remembered (``_optional.LazyImport``), so
 ``import nnunet_mamba`` stays fast and works without it. The kernels are built on first use, not at import
 (``@triton.jit`` would fix the mode when it decorates): one set for compiled and one for interpreted mode,
 picked by TRITON_INTERPRET at each call, so Triton's interpreter, which runs the same kernels on CPU
@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from nnunet_mamba.ops._optional import LazyImport
+
 INTERPRET_ENV_VAR = "TRITON_INTERPRET"
 INSTALL_HINT = "install it with `pip install triton` (it ships with the CUDA builds of torch on Linux)"
 # what the kernels read; they compute in float32 whatever the input, and float64 would be silently rounded
@@ -62,51 +64,46 @@ CUDA_NUM_WARPS = 4
 INTERPRETER_BLOCK_L = 1
 INTERPRETER_MAX_BLOCK_D = 64
 
-# Bound by _load(); the kernel bodies below refer to them as globals. The sum is tl.reduce with Triton's own
-# _sum_combine, not tl.sum: tl.sum is a @triton.jit function whose kind (compiled or interpreted) was fixed
-# when triton.language was imported, and the interpreter cannot call a compiled-kind one, so using it would
-# make the interpreter depend on TRITON_INTERPRET being set before anything imported triton. The interpreter
-# also recognises _sum_combine and sums with numpy instead of one Python call per element.
+# Bound by _load_triton(); the kernel bodies below refer to them as globals. The sum is tl.reduce with
+# Triton's own _sum_combine, not tl.sum: tl.sum is a @triton.jit function whose kind (compiled or
+# interpreted) was fixed when triton.language was imported, and the interpreter cannot call a compiled-kind
+# one, so using it would make the interpreter depend on TRITON_INTERPRET being set before anything imported
+# triton. The interpreter also recognises _sum_combine and sums with numpy instead of one Python call per
+# element.
 tl = None  # triton.language
 _scan_combine = None  # _combine_steps as a JITFunction
 _sum_combine = None
 
-_lock = threading.Lock()
-_attempted = False
-_triton = None
-_unavailable_reason = ""
+_build_lock = threading.Lock()
 _kernels: Dict[bool, "_Kernels"] = {}
 
 
-def _load() -> None:
-    global _attempted, _triton, _unavailable_reason, tl, _scan_combine, _sum_combine
-    with _lock:
-        if _attempted:
-            return
-        _triton, _unavailable_reason = None, ""
-        try:
-            triton = importlib.import_module("triton")
-            language = importlib.import_module("triton.language")
-            # a JITFunction (not triton.jit, which would give an interpreted one while TRITON_INTERPRET is
-            # set): compiled kernels can only call JITFunctions, and the interpreter only calls its .fn
-            combine = triton.JITFunction(_combine_steps)
-            # compiled or interpreted kind, as triton.language was imported; see _build_kernels
-            add = getattr(language.standard, "_sum_combine", None)
-            if add is None or not hasattr(add, "fn"):  # not in this triton version: an equivalent one
-                add = triton.JITFunction(_add)
-        except Exception as error:  # ImportError, but also e.g. a triton built for another torch or CUDA
-            _unavailable_reason = f"triton could not be imported ({type(error).__name__}: {error}); {INSTALL_HINT}"
-        else:
-            _triton, tl, _scan_combine, _sum_combine = triton, language, combine, add
-        _attempted = True
+def _load_triton():
+    global tl, _scan_combine, _sum_combine
+    triton = importlib.import_module("triton")
+    language = importlib.import_module("triton.language")
+    # a JITFunction (not triton.jit, which would give an interpreted one while TRITON_INTERPRET is
+    # set): compiled kernels can only call JITFunctions, and the interpreter only calls its .fn
+    combine = triton.JITFunction(_combine_steps)
+    # compiled or interpreted kind, as triton.language was imported; see _build_kernels
+    add = getattr(language.standard, "_sum_combine", None)
+    if add is None or not hasattr(add, "fn"):  # not in this triton version: an equivalent one
+        add = triton.JITFunction(_add)
+    tl, _scan_combine, _sum_combine = language, combine, add
+    return triton
+
+
+# ImportError, but also e.g. a triton built for another torch or CUDA
+triton_import = LazyImport(
+    _load_triton, lambda error: f"triton could not be imported ({type(error).__name__}: {error}); {INSTALL_HINT}")
 
 
 def interpreter_enabled() -> bool:
     """Whether Triton's interpreter is on (TRITON_INTERPRET=1), as Triton itself reads it now."""
-    _load()
-    if _triton is None:
+    triton, _ = triton_import.result()
+    if triton is None:
         return False
-    knobs = getattr(_triton, "knobs", None)
+    knobs = getattr(triton, "knobs", None)
     if knobs is not None:
         return bool(knobs.runtime.interpret)
     # triton before 3.3 had no knobs and read the variable itself
@@ -120,9 +117,9 @@ def triton_status(device: Union[torch.device, str, torch.Tensor, None] = None) -
     The compiled kernels run on CUDA tensors. CPU tensors run only under Triton's interpreter
     (TRITON_INTERPRET=1), which is meant for tests: it is orders of magnitude slower than any CPU backend.
     """
-    _load()
-    if _triton is None:
-        return False, _unavailable_reason
+    available, reason = triton_import.status()
+    if not available:
+        return False, reason
     if device is None:
         return True, ""
     if isinstance(device, torch.Tensor):
@@ -143,7 +140,7 @@ def triton_status(device: Union[torch.device, str, torch.Tensor, None] = None) -
 
 # ----------------------------------------------------------------------------------------------------------
 # Kernel bodies. Plain functions here, compiled (or wrapped for the interpreter) by _build_kernels on first use;
-# `tl` and `_scan_combine` are module globals bound by _load() before that. Shapes: u, delta, y (batch, dim,
+# `tl` and `_scan_combine` are module globals bound by _load_triton() first. Shapes: u, delta, y (batch, dim,
 # L); A (dim, N); B, C (batch, groups, N, L); states (batch, n_chunks, dim, N); all contiguous float32. A
 # program's channels lie in one group: local index `local` within group `group`, padded up to BLOCK_D; N is
 # padded up to BLOCK_N and L up to whole chunks. Padding loads delta = u = B = C = g = 0, so a = 1 and b = 0
@@ -277,17 +274,18 @@ class _Kernels:
 def _build_kernels(interpret: bool) -> _Kernels:
     """The kernels for the compiled or the interpreted mode, built once per mode."""
     global _sum_combine
-    with _lock:
+    triton = triton_import.result()[0]
+    with _build_lock:
         if interpret not in _kernels:
             if interpret:
                 from triton.runtime.interpreter import InterpretedFunction as make
             else:
-                make = _triton.JITFunction
-                if not isinstance(_sum_combine, _triton.JITFunction):
+                make = triton.JITFunction
+                if not isinstance(_sum_combine, triton.JITFunction):
                     # triton.language was imported while TRITON_INTERPRET was set, so its _sum_combine is an
                     # interpreted one, which compiled kernels cannot call (the interpreter then sums one
                     # element at a time: correct, only slower)
-                    _sum_combine = _triton.JITFunction(_sum_combine.fn)
+                    _sum_combine = triton.JITFunction(_sum_combine.fn)
             _kernels[interpret] = _Kernels(forward=make(_scan_forward_kernel), backward=make(_scan_backward_kernel))
         return _kernels[interpret]
 

@@ -1,43 +1,43 @@
-"""The one selective-scan entry point; picks the mamba-ssm CUDA kernel, the compiled CPU kernel (numba) or
-the pure-PyTorch scan.
+"""The one selective-scan entry point; runs the backend the table in :mod:`nnunet_mamba.ops.backends` picks
+(see ``BACKENDS`` there for the backends and their order).
 
-Semantics and shapes follow mamba-ssm's ``selective_scan_fn``:
+Semantics and shapes follow mamba-ssm's ``selective_scan_fn`` (:func:`~nnunet_mamba.ops.scan_reference.
+selective_scan_ref` is its definition, one position at a time):
 
     delta = softplus(delta + delta_bias)           (bias and softplus optional)
     x_t   = exp(delta_t * A) * x_{t-1} + delta_t * B_t * u_t,   x_{-1} = 0
     y_t   = sum_n C_{t,n} x_{t,n};  out = (y + D * u) * silu(z)   (D and z optional)
+
+The backend is the ``backend`` argument, else the one a tool set with :func:`scan_backend_override`, else
+the ``NNUNET_MAMBA_SCAN`` environment variable, else 'auto'.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Dict, Iterator, List, Optional
+from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from nnunet_mamba.ops.scan_cuda import cuda_kernel_status, selective_scan_cuda
-from nnunet_mamba.ops.scan_numba import numba_status, selective_scan_numba
-from nnunet_mamba.ops.scan_torch import selective_scan_torch
-from nnunet_mamba.ops.scan_triton import selective_scan_triton, triton_status
+from nnunet_mamba.ops.backends import (
+    AUTO,
+    BACKEND_CHOICES,
+    BACKENDS,
+    SCAN_ENV_VAR,
+    auto_backend,
+    check_forced,
+    get_backend,
+)
 
-ENV_VAR = "NNUNET_MAMBA_SCAN"
-BACKEND_CHOICES = ("auto", "cuda", "triton", "numba", "torch")
-# what mamba-ssm's kernel is compiled for; float64 is not among them
-CUDA_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# the scan computes in one of these; the numba kernels compile for both
-NUMBA_KERNEL_DTYPES = (torch.float32, torch.float64)
+ENV_VAR = SCAN_ENV_VAR
+# set by scan_backend_override: a tool's choice for the calls inside its block (this thread and task only)
+SCOPED_ORIGIN = "scan_backend_override block"
+_scoped_backend: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("scan_backend", default=None)
 
 
-def requested_backend(backend: Optional[str] = None) -> str:
-    """The backend asked for by argument, else by NNUNET_MAMBA_SCAN, else 'auto'."""
-    if backend is not None:
-        if not isinstance(backend, str):
-            raise ValueError(f"Invalid selective-scan backend {backend!r} ({type(backend).__name__}) from the "
-                             f"backend argument; it must be a string, one of {', '.join(BACKEND_CHOICES)}, or None.")
-        choice, origin = backend, "backend argument"
-    else:
-        choice, origin = os.environ.get(ENV_VAR, "auto"), f"environment variable {ENV_VAR}"
+def _normalized(choice: str, origin: str) -> str:
     normalized = choice.strip().lower()
     if normalized not in BACKEND_CHOICES:
         raise ValueError(
@@ -46,110 +46,74 @@ def requested_backend(backend: Optional[str] = None) -> str:
     return normalized
 
 
+def _requested(backend: Optional[str]) -> Tuple[str, str]:
+    """(choice, where it came from)."""
+    if backend is not None:
+        if not isinstance(backend, str):
+            raise ValueError(f"Invalid selective-scan backend {backend!r} ({type(backend).__name__}) from the "
+                             f"backend argument; it must be a string, one of {', '.join(BACKEND_CHOICES)}, or None.")
+        return _normalized(backend, "backend argument"), "backend argument"
+    scoped = _scoped_backend.get()
+    if scoped is not None:
+        return scoped, SCOPED_ORIGIN
+    origin = f"environment variable {ENV_VAR}"
+    return _normalized(os.environ.get(ENV_VAR, AUTO), origin), origin
+
+
+def requested_backend(backend: Optional[str] = None) -> str:
+    """The backend asked for by argument, else by :func:`scan_backend_override`, else by NNUNET_MAMBA_SCAN, else
+    'auto'."""
+    return _requested(backend)[0]
+
+
 def resolve_backend(device: torch.device, backend: Optional[str] = None, *,
                     dtype: Optional[torch.dtype] = None) -> str:
-    """'cuda', 'numba' or 'torch' for tensors on ``device`` computed in ``dtype`` (if given).
+    """The name of the backend (one of ``backends.BACKEND_NAMES``) for tensors on ``device`` computed in
+    ``dtype`` (if given).
 
-    'auto' picks the mamba-ssm kernel for CUDA tensors where it imports (and supports the dtype), numba for
-    CPU tensors where it imports, and the pure-PyTorch scan otherwise. Raises RuntimeError if 'cuda' or
-    'numba' is forced but cannot run.
+    'auto' picks the first backend of the table that may run there (on CUDA tensors the mamba-ssm kernel, then
+    Triton; on CPU tensors numba; else the pure-PyTorch scan). Raises RuntimeError, with the row's install hint,
+    if a forced backend cannot run.
     """
-    choice = requested_backend(backend)
-    device_type = torch.device(device).type
-    if choice == "torch":
-        return "torch"
-    if choice == "auto":
-        if device_type == "cuda":
-            if dtype is not None and dtype not in CUDA_KERNEL_DTYPES:
-                return "torch"
-            if cuda_kernel_status()[0]:
-                return "cuda"
-            return "triton" if triton_status(device)[0] else "torch"
-        if device_type == "cpu" and (dtype is None or dtype in NUMBA_KERNEL_DTYPES):
-            return "numba" if numba_status()[0] else "torch"
-        return "torch"
-    if choice == "numba":
-        return _check_forced_numba(device, device_type, dtype)
-    if choice == "triton":
-        return _check_forced_triton(device, dtype)
-    return _check_forced_cuda(device, device_type, dtype)
-
-
-def _check_forced_cuda(device, device_type: str, dtype: Optional[torch.dtype]) -> str:
-    if device_type != "cuda":
-        raise RuntimeError(
-            f"Selective-scan backend 'cuda' was forced ({ENV_VAR} or backend argument) but the tensors are "
-            f"on device '{device}', and the mamba-ssm kernel only runs on CUDA tensors. Move the model to a "
-            f"GPU, or set {ENV_VAR}=torch (or auto) to use the pure-PyTorch scan.")
-    if dtype is not None and dtype not in CUDA_KERNEL_DTYPES:
-        raise RuntimeError(
-            f"Selective-scan backend 'cuda' was forced ({ENV_VAR} or backend argument) but the scan computes "
-            f"in {dtype}, and the mamba-ssm kernel supports only float32, float16 and bfloat16. Use float32 "
-            f"inputs, or set {ENV_VAR}=torch (or auto) to use the pure-PyTorch scan.")
-    available, reason = cuda_kernel_status()
-    if not available:
-        raise RuntimeError(
-            f"Selective-scan backend 'cuda' was forced but {reason}. Install the kernel with "
-            f"`pip install .[cuda]` (mamba-ssm, built against your torch and CUDA toolkit), or set "
-            f"{ENV_VAR}=torch (or auto) to use the pure-PyTorch scan.")
-    return "cuda"
-
-
-def _check_forced_numba(device, device_type: str, dtype: Optional[torch.dtype]) -> str:
-    if device_type != "cpu":
-        raise RuntimeError(
-            f"Selective-scan backend 'numba' was forced ({ENV_VAR} or backend argument) but the tensors are "
-            f"on device '{device}', and the numba kernel only runs on CPU tensors. Set {ENV_VAR}=auto to use "
-            f"the mamba-ssm kernel on a GPU (or {ENV_VAR}=torch for the pure-PyTorch scan).")
-    if dtype is not None and dtype not in NUMBA_KERNEL_DTYPES:
-        raise RuntimeError(
-            f"Selective-scan backend 'numba' was forced ({ENV_VAR} or backend argument) but the scan computes "
-            f"in {dtype}, and the numba kernel supports only float32 and float64. Use float32 inputs, or set "
-            f"{ENV_VAR}=torch (or auto) to use the pure-PyTorch scan.")
-    available, reason = numba_status()
-    if not available:
-        raise RuntimeError(
-            f"Selective-scan backend 'numba' was forced but {reason}. Install it with `pip install numba` "
-            f"(the tested version is pinned in requirements-cpu.txt), or set {ENV_VAR}=torch (or auto) to "
-            f"use the pure-PyTorch scan.")
-    return "numba"
-
-
-def _check_forced_triton(device, dtype: Optional[torch.dtype]) -> str:
-    if dtype is not None and dtype not in CUDA_KERNEL_DTYPES:
-        raise RuntimeError(
-            f"Selective-scan backend 'triton' was forced ({ENV_VAR} or backend argument) but the scan computes "
-            f"in {dtype}; the Triton kernels take float32, float16 and bfloat16. Use float32 inputs, or set "
-            f"{ENV_VAR}=torch (or auto).")
-    available, reason = triton_status(device)
-    if not available:
-        raise RuntimeError(f"Selective-scan backend 'triton' was forced but {reason}. Set {ENV_VAR}=auto (or torch).")
-    return "triton"
+    choice, origin = _requested(backend)
+    device = torch.device(device)
+    if choice == AUTO:
+        return auto_backend(device, dtype).name
+    forced = get_backend(choice)
+    check_forced(forced, device, dtype, origin)
+    return forced.name
 
 
 def available_backends() -> Dict[str, str]:
     """Backend name -> '' when usable on this machine, else the reason it is not."""
-    cuda_ok, reason = cuda_kernel_status()
-    if cuda_ok and not torch.cuda.is_available():
-        cuda_ok, reason = False, "mamba_ssm imports but no CUDA device is visible"
-    numba_ok, numba_reason = numba_status()
-    triton_ok, triton_reason = triton_status("cuda" if torch.cuda.is_available() else "cpu")
-    return {"torch": "", "numba": "" if numba_ok else numba_reason, "cuda": "" if cuda_ok else reason,
-            "triton": "" if triton_ok else triton_reason}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    visible = {"cpu", device.type}
+    report = {}
+    for backend in BACKENDS:
+        available, reason = backend.status(device)
+        if available and backend.device_types and not visible.intersection(backend.device_types):
+            reason = f"{backend.kernel} is there, but no {backend.devices} device is visible"
+        report[backend.name] = reason
+    return report
 
 
 def backend_report() -> str:
-    lines = [f"{ENV_VAR}={os.environ.get(ENV_VAR, 'auto')} (choices: {', '.join(BACKEND_CHOICES)})"]
+    lines = [f"{ENV_VAR}={os.environ.get(ENV_VAR, AUTO)} (choices: {', '.join(BACKEND_CHOICES)})"]
     for name, reason in available_backends().items():
         lines.append(f"  {name}: {'available' if not reason else 'unavailable - ' + reason}")
     return "\n".join(lines)
 
 
 def _check_dtypes(tensors: Dict[str, Optional[torch.Tensor]]) -> None:
-    """Refuse integer, bool and complex inputs: casting them to float would silently change the problem."""
+    """Refuse non-tensors, and integer, bool and complex inputs: casting them to float would silently change the
+    problem."""
     for name, t in tensors.items():
         if t is None:
             continue
+        if not isinstance(t, torch.Tensor):
+            optional = " or None" if name in ("D", "z", "delta_bias") else ""
+            raise TypeError(f"selective_scan: {name} is a {type(t).__name__}; it must be a torch.Tensor{optional} "
+                            f"(convert it with torch.as_tensor)")
         if t.is_complex():
             raise ValueError(f"selective_scan: complex {name} is not supported; {name} must be real")
         if not t.is_floating_point():
@@ -205,17 +169,17 @@ class ScanCall:
 
 @contextlib.contextmanager
 def scan_backend_override(backend: str) -> Iterator[None]:
-    """Within the block, :data:`ENV_VAR` is ``backend`` (the user's value is restored after it): how tools
-    (benchmarks, FLOP counters) pick a backend for networks whose blocks call the entry point themselves."""
-    previous = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = backend
+    """Within the block, calls of :func:`selective_scan` without a ``backend`` argument use ``backend``: how
+    tools (benchmarks, FLOP counters) pick a backend for networks whose blocks call the entry point themselves.
+
+    A scoped setting, not the environment: it holds for this thread (and asyncio task) only, and neither
+    changes ``NNUNET_MAMBA_SCAN`` nor reaches subprocesses.
+    """
+    token = _scoped_backend.set(_normalized(str(backend), SCOPED_ORIGIN))
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = previous
+        _scoped_backend.reset(token)
 
 
 ScanObserver = Callable[[ScanCall], Optional[ContextManager]]
@@ -257,9 +221,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """mamba-ssm ``selective_scan_fn`` semantics; returns (batch, dim, L) in ``out_dtype`` (default u's dtype).
 
     Computed in float32 (float64 inputs stay float64) even under autocast; ``out_dtype=torch.float32``
-    keeps that precision for callers that go on summing the result. ``backend`` ('auto', 'cuda', 'numba',
-    'torch') overrides the NNUNET_MAMBA_SCAN environment variable. Assumes A <= 0 and delta >= 0 (after bias and
-    softplus), so that the state decays; otherwise it can grow until it overflows.
+    keeps that precision for callers that go on summing the result. ``backend`` ('auto' or a name of
+    ``backends.BACKENDS``) overrides :func:`scan_backend_override` and the NNUNET_MAMBA_SCAN environment
+    variable. Assumes A <= 0 and delta >= 0 (after bias and softplus), so that the state decays; otherwise it
+    can grow until it overflows.
     """
     _check_dtypes({"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias})
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
@@ -269,23 +234,17 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         raise ValueError(f"selective_scan: out_dtype must be a floating-point torch.dtype, got {out_dtype!r}")
     # half precision loses the long-range decay products, so the scan never runs below float32
     compute_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
-    chosen = resolve_backend(u.device, backend, dtype=compute_dtype)
+    chosen = get_backend(resolve_backend(u.device, backend, dtype=compute_dtype))
     if u.numel() == 0:
-        chosen = "torch"  # nothing to scan, and the kernel is not meant for empty launches
+        chosen = get_backend("torch")  # nothing to scan, and the kernels are not meant for empty launches
 
     def cast(t):
         return None if t is None else t.to(compute_dtype)
 
     with _notify_observers(u, A, D, z), torch.autocast(device_type=u.device.type, enabled=False):
-        args = [cast(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
-        if chosen == "cuda":
-            out = selective_scan_cuda(*args, delta_softplus=delta_softplus)
-        else:
-            u_, delta_, A_, B_, C_, D_, z_, bias_ = args
-            if B_.dim() == 3:
-                B_ = B_.unsqueeze(1)
-            if C_.dim() == 3:
-                C_ = C_.unsqueeze(1)
-            scan = {"numba": selective_scan_numba, "triton": selective_scan_triton}.get(chosen, selective_scan_torch)
-            out = scan(u_, delta_, A_, B_, C_, D_, z_, bias_, delta_softplus)
+        u, delta, A, B, C, D, z, delta_bias = (cast(t) for t in (u, delta, A, B, C, D, z, delta_bias))
+        if chosen.grouped_bc_only:
+            B = B.unsqueeze(1) if B.dim() == 3 else B
+            C = C.unsqueeze(1) if C.dim() == 3 else C
+        out = chosen.run(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return out.to(out_dtype)

@@ -18,12 +18,17 @@ import numpy as np
 STEPS = 3
 
 
-def _train_steps(network, plan: dict, input_channels: int, num_classes: int, deep_supervision: bool, device) -> None:
+def _train_steps(network, plan: dict, input_channels: int, num_classes: int, deep_supervision: bool, device,
+                 steps: int = STEPS, amp_dtype=None) -> list:
+    """``steps`` training steps as nnU-Net's ``train_step`` does them; the loss of each step (a float).
+
+    ``amp_dtype`` float16 (the default, nnU-Net's) scales the loss with a GradScaler; bfloat16 needs none."""
     import torch
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
+    amp_dtype = amp_dtype or torch.float16
     loss = DC_and_CE_loss({"batch_dice": plan.get("batch_dice", True), "smooth": 1e-5, "do_bg": False, "ddp": False},
                           {}, weight_ce=1, weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
     patch, batch = list(plan["patch_size"]), int(plan["batch_size"])
@@ -33,13 +38,14 @@ def _train_steps(network, plan: dict, input_channels: int, num_classes: int, dee
         weights[-1] = 0
         loss = DeepSupervisionWrapper(loss, weights / weights.sum())
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3, weight_decay=1e-2)
-    scaler = torch.amp.GradScaler("cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     data = torch.randn(batch, input_channels, *patch, device=device)
     targets = [torch.randint(0, num_classes, (batch, 1, *[max(1, round(p * s)) for p, s in zip(patch, scale)]),
                              device=device).float() for scale in scales]
-    for _ in range(STEPS):
+    losses = []
+    for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", enabled=True):
+        with torch.autocast(device.type, dtype=amp_dtype):
             output = network(data)
             value = loss(output, targets if deep_supervision else targets[0])
         scaler.scale(value).backward()
@@ -47,55 +53,94 @@ def _train_steps(network, plan: dict, input_channels: int, num_classes: int, dee
         torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
         scaler.step(optimizer)
         scaler.update()
+        losses.append(value.detach())  # read after the loop: a float() here would wait for the GPU every step
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    return [float(value) for value in losses]
 
 
-def check(networks, budgets, configurations) -> str:
+def configuration_from_plan(plan: dict):
+    """The network-building configuration of one planned configuration (patch, strides, kernels, spacing)."""
+    from nnunet_mamba.architectures.registry import SyntheticConfiguration
+
+    return SyntheticConfiguration(tuple(plan["patch_size"]),
+                                  tuple(map(tuple, plan["architecture"]["arch_kwargs"]["strides"])),
+                                  tuple(map(tuple, plan["architecture"]["arch_kwargs"]["kernel_sizes"])),
+                                  tuple(plan["spacing"]))
+
+
+def plan_key(network_name: str, budget: float) -> str:
+    return f"{network_name}@{budget:g}"
+
+
+def plan_all(networks, budgets) -> dict:
+    """``plan_key(network, budget)`` -> the plans of the typical CT dataset (run inside typical_ct_workspace)."""
+    from nnunet_mamba.commands.plan import planners_package
+    from nnunet_mamba.planning.comparison import DATASET_ID, _quietly
+
+    return {plan_key(name, budget): _quietly(planners_package().MambaExperimentPlanner(DATASET_ID, budget,
+                                                                                       network_name=name))
+            for name in networks for budget in budgets}
+
+
+def measure(networks, budgets, configurations, plans: dict | None = None) -> list:
+    """One row (a dict) per network, budget and planned configuration: the plan, its estimate, and the measured
+    peaks of three training steps under the budget's cap. ``plans`` (from :func:`plan_all`) saves planning
+    again; without it this process plans, inside typical_ct_workspace."""
     import torch
 
     from nnunet_mamba.architectures import build_network, get_network
-    from nnunet_mamba.architectures.registry import SyntheticConfiguration
-    from nnunet_mamba.commands.plan import planners_package
-    from nnunet_mamba.planning.comparison import DATASET_ID, _quietly
     from nnunet_mamba.planning.memory_model import GIB, TrainingMemoryModel
 
     if not torch.cuda.is_available():
         raise SystemExit("gpu_check needs a CUDA GPU: it measures what a training step allocates there")
+    plans = plans if plans is not None else plan_all(networks, budgets)
     device = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(device).total_memory
     context = TrainingMemoryModel().cuda_context_bytes
-    rows = ["| network | budget | configuration | patch, batch | estimate | peak allocated | peak reserved | "
-            "(reserved + context) / budget |", "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for network_name in networks:
         deep_supervision = get_network(network_name).network_class.supports_deep_supervision
         for budget in budgets:
-            plans = _quietly(planners_package().MambaExperimentPlanner(DATASET_ID, budget, network_name=network_name))
             for configuration in configurations:
-                plan = plans["configurations"].get(configuration)
+                plan = plans[plan_key(network_name, budget)]["configurations"].get(configuration)
                 if plan is None:
                     continue
+                row = {"network": network_name, "budget_gb": budget, "configuration": configuration,
+                       "patch_size": list(plan["patch_size"]), "batch_size": plan["batch_size"],
+                       "estimate_gib": plan["nnunet_mamba"]["estimated_training_step_gib"]}
                 torch.cuda.empty_cache()
                 torch.cuda.set_per_process_memory_fraction(min(1.0, (budget * GIB - context) / total), device)
                 torch.cuda.reset_peak_memory_stats(device)
-                setup = SyntheticConfiguration(tuple(plan["patch_size"]),
-                                               tuple(map(tuple, plan["architecture"]["arch_kwargs"]["strides"])),
-                                               tuple(map(tuple, plan["architecture"]["arch_kwargs"]["kernel_sizes"])),
-                                               tuple(plan["spacing"]))
-                network = build_network(network_name, setup, 1, 3, deep_supervision).to(device)
+                network = None
                 try:
+                    network = build_network(network_name, configuration_from_plan(plan), 1, 3,
+                                            deep_supervision).to(device)
                     _train_steps(network, plan, 1, 3, deep_supervision, device)
-                    allocated = torch.cuda.max_memory_allocated(device) / GIB
-                    reserved = torch.cuda.max_memory_reserved(device) / GIB
-                    measured = (f"{allocated:.2f} GiB | {reserved:.2f} GiB | "
-                                f"{(reserved + context / GIB) / budget:.0%}")
+                    row["allocated_gib"] = torch.cuda.max_memory_allocated(device) / GIB
+                    row["reserved_gib"] = torch.cuda.max_memory_reserved(device) / GIB
+                    row["fraction_of_budget"] = (row["reserved_gib"] + context / GIB) / budget
                 except torch.cuda.OutOfMemoryError:
-                    measured = "out of memory | | above 100%"
+                    row["out_of_memory"] = True
                 del network
-                rows.append(f"| {network_name} | {budget:g} GB | {configuration} | {plan['patch_size']}, "
-                            f"b {plan['batch_size']} | {plan['nnunet_mamba']['estimated_training_step_gib']:.2f} GiB | "
-                            f"{measured} |")
-    return "\n".join(rows)
+                rows.append(row)
+    torch.cuda.set_per_process_memory_fraction(1.0, device)
+    return rows
+
+
+def format_rows(rows) -> str:
+    lines = ["| network | budget | configuration | patch, batch | estimate | peak allocated | peak reserved | "
+             "(reserved + context) / budget |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        measured = ("out of memory | | above 100%" if row.get("out_of_memory") else
+                    f"{row['allocated_gib']:.2f} GiB | {row['reserved_gib']:.2f} GiB | {row['fraction_of_budget']:.0%}")
+        lines.append(f"| {row['network']} | {row['budget_gb']:g} GB | {row['configuration']} | {row['patch_size']}, "
+                     f"b {row['batch_size']} | {row['estimate_gib']:.2f} GiB | {measured} |")
+    return "\n".join(lines)
+
+
+def check(networks, budgets, configurations) -> str:
+    return format_rows(measure(networks, budgets, configurations))
 
 
 def main(argv=None) -> None:

@@ -61,8 +61,8 @@ class TrainingMemoryModel:
 
     def usable_bytes(self, gpu_memory_gb: float) -> int:
         """What the planner may fill on a card of ``gpu_memory_gb`` GiB."""
-        if gpu_memory_gb <= 0:
-            raise ValueError(f"GPU memory budget must be positive, got {gpu_memory_gb} GB")
+        if not math.isfinite(gpu_memory_gb) or gpu_memory_gb <= 0:
+            raise ValueError(f"GPU memory budget must be positive and finite, got {gpu_memory_gb} GB")
         return int((gpu_memory_gb * GIB - self.cuda_context_bytes) * (1 - self.headroom_fraction))
 
     def estimate(self, network, patch_size: Sequence[int], batch_size: int, input_channels: int, num_classes: int,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import types
+import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -43,6 +44,13 @@ def unwrap_state_dict(checkpoint, kind: str = "checkpoint") -> tuple[dict[str, t
 
 def read_checkpoint(path: str) -> tuple[object, list[str]]:
     """The unpickled file and the names of the non-tensor objects that were replaced by inert stand-ins."""
+    # torch.save writes a zip archive (a pickle, protocol 2+, before torch 1.6); torch.load's legacy reader
+    # meets anything else with whatever its bytes decode to (text: "KeyError: 544502645")
+    with open(path, "rb") as handle:
+        is_pickle = handle.read(1) == pickle.PROTO
+    if not (is_pickle or zipfile.is_zipfile(path)):
+        raise ValueError(f"{path!r} is not a PyTorch checkpoint: torch.save writes a zip archive (or, before torch "
+                         f"1.6, a pickle), and this file is neither")
     try:
         return torch.load(path, map_location="cpu", weights_only=True), []
     except pickle.UnpicklingError:

@@ -49,6 +49,8 @@ BLOCK_RENAMES = (
 )
 #: how a network tensor is made from its VMamba counterpart
 COPY, STEM_KERNEL, MERGE_2X2 = "copy", "stem_kernel", "merge_2x2"
+#: VMamba's ImageNet checkpoints embed RGB images
+VMAMBA_INPUT_CHANNELS = 3
 
 #: network key -> (VMamba key, kind) or None when VMamba has no counterpart
 Counterpart = Callable[[str], Optional[tuple[str, str]]]

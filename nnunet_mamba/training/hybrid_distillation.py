@@ -4,9 +4,9 @@ Loss per step: nnU-Net's segmentation loss + 0.5 L_DKD + 0.2 L_AT + 0.3 L_grad (
 ``train_distillation.py``; the paper gives none), the three terms on the softmax outputs of the student and the
 teacher for the same augmented batch (:mod:`nnunet_mamba.distillation.hybrid`, in float32).
 
-The teacher comes from ``NNUNET_MAMBA_TEACHER`` (:mod:`nnunet_mamba.training.teacher`: same plans,
-configuration, patch, normalisation, heads and fold as the student, else a named error). It is read when
-training starts, so ``--val`` and ``nnUNetv2_predict`` never need it; it lives on the trainer, outside
+The teacher comes from ``NNUNET_MAMBA_TEACHER`` (:mod:`nnunet_mamba.training.teacher`: same dataset and
+labels, plans, configuration, patch, normalisation, heads and fold as the student, else a named error). It is
+read when training starts, so ``--val`` and ``nnUNetv2_predict`` never need it; it lives on the trainer, outside
 ``self.network`` and outside the training-only modules, so checkpoints, prediction, ensembling and
 ``-pretrained_weights`` see the student alone. Its record (path and SHA-256) goes into every checkpoint; ``--c``
 reloads the recorded teacher (from its recorded path when the variable is unset) and refuses to go on with a
@@ -67,7 +67,8 @@ class HybridDistillationTrainer(MambaTrainerBase):
             configuration=self.configuration_name, fold=str(self.fold),
             patch_size=tuple(int(p) for p in self.configuration_manager.patch_size),
             normalization_schemes=tuple(self.configuration_manager.normalization_schemes),
-            num_segmentation_heads=self.label_manager.num_segmentation_heads)
+            num_segmentation_heads=self.label_manager.num_segmentation_heads,
+            dataset_name=self.plans_manager.dataset_name, labels=dict(self.dataset_json["labels"]))
 
     # --- the teacher ----------------------------------------------------------------------------------------
 

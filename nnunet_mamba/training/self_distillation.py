@@ -13,7 +13,11 @@ import torch
 
 from nnunet_mamba.architectures import LevelFeatureNetwork
 from nnunet_mamba.distillation import PROGRESSIVE, PROJECTION, DualSelfDistillation, LevelFeatureTap
-from nnunet_mamba.training.trainer_base import MambaTrainerBase
+from nnunet_mamba.distillation.dual_self_distillation import (
+    ENCODER_PROGRESSIVE_PAPER,
+    ENCODER_PROGRESSIVE_STUDENT_SIDE,
+)
+from nnunet_mamba.training.trainer_base import TRAINING_MODULES_KEY, MambaTrainerBase, _read_training_checkpoint
 
 MODULE_NAME = "distillation"
 #: the heads' loss names -> the trainer's logged term names
@@ -27,6 +31,8 @@ class DualSelfDistillationTrainer(MambaTrainerBase):
     distillation_beta: float = 0.5
     #: stop gradients at the teachers' backbone features (see nnunet_mamba.distillation)
     detach_distillation_teachers: bool = True
+    #: the encoder's progressive term: "paper" (the deeper teacher convolved down) or "student_side"
+    encoder_progressive: str = ENCODER_PROGRESSIVE_PAPER
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -55,13 +61,33 @@ class DualSelfDistillationTrainer(MambaTrainerBase):
                             f"offer (see LevelFeatureNetwork in nnunet_mamba.architectures.base)")
         heads = DualSelfDistillation.for_network(
             network, projection=self.distillation_alpha > 0, progressive=self.distillation_beta > 0,
-            detach_teachers=self.detach_distillation_teachers)
-        trainable = sum(p.numel() for p in heads.parameters())
+            detach_teachers=self.detach_distillation_teachers, encoder_progressive=self.encoder_progressive)
+        trainable = sum(p.numel() for p in heads.parameters() if p.requires_grad)
         self.print_to_log_file(
             f"Dual self-distillation: {', '.join(f'{n} x{w}' for n, w in self.loss_term_weights.items())}; "
-            f"training-only heads with {trainable / 1e6:.3f}M parameters (not part of the inference network); "
-            f"teachers {'detached' if self.detach_distillation_teachers else 'not detached'}")
+            f"training-only heads with {trainable / 1e6:.3f}M trained parameters (not part of the inference "
+            f"network); teachers {'detached' if self.detach_distillation_teachers else 'not detached'}; encoder "
+            f"progressive term: {self.encoder_progressive}")
         return {MODULE_NAME: heads}
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """The base's resume; a run whose checkpoint holds the learned student-side encoder progressive heads
+        (every run written before the paper's direction became the default) continues with those heads."""
+        if not self.was_initialized:
+            self.initialize()
+        checkpoint = _read_training_checkpoint(filename_or_checkpoint, self.device)
+        saved = (checkpoint.get(TRAINING_MODULES_KEY) or {}).get(MODULE_NAME) or checkpoint.get("distillation_heads")
+        if (self.encoder_progressive == ENCODER_PROGRESSIVE_PAPER and saved is not None
+                and "encoder_progressive.0.channel.bias" in saved):
+            self.print_to_log_file("the checkpoint was trained with the student-side encoder progressive heads "
+                                   "(encoder_progressive='student_side'): continuing with them")
+            self.encoder_progressive = ENCODER_PROGRESSIVE_STUDENT_SIDE
+            self.training_modules = None
+            self.optimizer, self.lr_scheduler = self.configure_optimizers()
+            if self.is_ddp:
+                self._training_module_wrappers = {}
+                self._wrap_training_modules_for_ddp()
+        super().load_checkpoint(filename_or_checkpoint)  # read again: its errors name the file
 
     def compute_loss(self, data: torch.Tensor, target):
         with LevelFeatureTap(*self.bare_network.level_feature_modules()) as levels:

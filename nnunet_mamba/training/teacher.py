@@ -8,9 +8,11 @@ the teacher, the images it is validated on; so the fold is always the student's 
 The teacher is built the way ``nnUNetv2_predict`` builds it: the checkpoint's ``trainer_name`` is looked up with
 nnU-Net's own trainer search, and that class's ``build_network_architecture`` gets the teacher folder's plans and
 dataset.json. Any trainer's network qualifies (ours, nnU-Net's default UNet), because distillation acts on the
-outputs only; what must agree with the student is what decides those outputs' meaning: plans name,
-configuration, patch size, normalisation and the segmentation heads. Every mismatch is refused with an error
-that names it, before anything is trained.
+outputs only; what must agree with the student is what decides those outputs' meaning: the dataset (its name
+and the label names and values of its dataset.json), plans name, configuration, patch size, normalisation and the
+segmentation heads. Every mismatch is refused with an error that names it, before anything is trained. (This is
+the only place a network trained elsewhere enters a training: DSVM-UNet's self-distillation takes its teachers
+from the student's own deeper layers.)
 
 A :class:`TeacherRecord` (folder, checkpoint file, SHA-256 of its bytes, trainer) travels in the student's
 checkpoints, so that a continued run (``--c``) distils from the very same teacher or refuses to go on.
@@ -70,6 +72,9 @@ class StudentSetting:
     patch_size: tuple[int, ...]
     normalization_schemes: tuple[str, ...]
     num_segmentation_heads: int
+    #: the student's dataset folder name (DatasetXXX_Name) and its dataset.json ``labels`` (name -> value)
+    dataset_name: str
+    labels: dict
 
 
 def locate_teacher_checkpoint(student: StudentSetting, folder: str | None = None,
@@ -118,6 +123,13 @@ def check_teacher_fits(student: StudentSetting, teacher_plans: dict, teacher_dat
     configuration = str(init_args.get("configuration", ""))
     plans_manager = PlansManager(teacher_plans)
     differences = []
+    teacher_dataset = str(teacher_plans.get("dataset_name", "unknown"))
+    if teacher_dataset != student.dataset_name:
+        differences.append(f"dataset {teacher_dataset!r} (the student's: {student.dataset_name!r})")
+    teacher_labels = teacher_dataset_json.get("labels", {})
+    if teacher_labels != student.labels:
+        differences.append(f"labels {_describe_labels(teacher_labels)} (the student's: "
+                           f"{_describe_labels(student.labels)})")
     if plans_manager.plans_name != student.plans_name:
         differences.append(f"plans {plans_manager.plans_name!r} (the student's: {student.plans_name!r})")
     if configuration != student.configuration:
@@ -139,8 +151,13 @@ def check_teacher_fits(student: StudentSetting, teacher_plans: dict, teacher_dat
         raise TeacherError(
             f"the teacher {checkpoint_path} ({checkpoint.get('trainer_name', 'unknown trainer')}) does not fit "
             f"{student.trainer_name}: it was trained with {'; '.join(differences)}. Distillation compares the two "
-            f"networks' outputs voxel by voxel, so both must be trained on the same plans and configuration: train "
-            f"the teacher with -p {student.plans_name} and configuration {student.configuration}.")
+            f"networks' outputs voxel by voxel, so both must be trained on the same dataset, plans and "
+            f"configuration: train the teacher on {student.dataset_name} with -p {student.plans_name} and "
+            f"configuration {student.configuration}.")
+
+
+def _describe_labels(labels: dict) -> str:
+    return "{" + ", ".join(f"{name}: {value}" for name, value in labels.items()) + "}"
 
 
 def load_teacher(student: StudentSetting, device: torch.device, folder: str | None = None,

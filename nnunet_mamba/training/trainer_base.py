@@ -17,6 +17,12 @@ Hooks a trainer variant overrides (one thing each, like nnU-Net's own variants):
 * ``build_lr_scheduler(optimizer)``; ``build_optimizer(parameters)``.
 * ``autocast_network`` (class attribute): False trains in float32 on CUDA too (no autocast around the forward
   pass and the loss, no gradient scaler); nnU-Net's validation step and predictor keep their autocast.
+* ``epoch_checkpoint_every`` (class attribute): also keep ``checkpoint_{epoch}.pth`` (epochs counted from 0, so
+  ``checkpoint_99.pth`` after the 100th) every that many epochs, as the official Swin-UMamba trainer does with
+  nnU-Net's ``save_every`` of 50; written atomically like the others, and a training checkpoint ``--c`` accepts.
+* ``lr_schedule_epochs`` (class attribute): the length of the learning-rate schedule when the run is shorter
+  (``num_epochs`` < it): the run stops at ``num_epochs`` at that epoch's learning rate of the longer schedule, as
+  the official Swin-UMamba runs of 1000 epochs were evaluated at ``checkpoint_99``. None: ``num_epochs``.
 
 Named loss terms are logged per epoch in the trainer's own :class:`LossTermLog` (saved in the checkpoint),
 printed in the training log and drawn in ``progress_loss_terms.png``.
@@ -36,15 +42,17 @@ from torch import distributed as dist
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
+from nnunet_mamba import discovery
 from nnunet_mamba.architectures import PretrainedNotSupported, SegmentationNetwork, build_network
 from nnunet_mamba.architectures.registry import require_supported_dims
+from nnunet_mamba.planning.record import require_planned_for
 from nnunet_mamba.training.loss_terms import PLOT_NAME, LossTermLog
 from nnunet_mamba.training.lr_scheduler import CosineAnnealingLRScheduler
 
 COMPILE_DISABLED_REASON = (
     "torch.compile is disabled for nnunet-mamba networks: the selective scan is an opaque custom autograd "
-    "function (chunked PyTorch loops or the mamba-ssm CUDA kernel), which the compiler can only break the "
-    "graph around, for long compile times and little gain."
+    "function (each backend of nnunet_mamba.ops.BACKENDS: mamba-ssm's CUDA kernel, Triton, numba or chunked "
+    "PyTorch loops), which the compiler can only break the graph around, for long compile times and little gain."
 )
 
 #: path of a local checkpoint (e.g. VMamba ImageNet weights) that fresh runs start from; see load_pretrained
@@ -72,6 +80,10 @@ class MambaTrainerBase(nnUNetTrainer):
     adamw_eps: float = 1e-8
     #: False: train steps run without autocast (float32) on CUDA too
     autocast_network: bool = True
+    #: keep checkpoint_{epoch}.pth after every this many epochs; None: only nnU-Net's latest, best and final
+    epoch_checkpoint_every: int | None = None
+    #: epochs the learning-rate schedule spans when longer than the run (num_epochs); None: num_epochs
+    lr_schedule_epochs: int | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -112,6 +124,11 @@ class MambaTrainerBase(nnUNetTrainer):
         if self.network_name and not self.was_initialized:
             # nnU-Net's classmethod cannot see the configuration's name: name it here
             require_supported_dims(self.network_name, self.configuration_manager.patch_size, self.configuration_name)
+            require_planned_for(self.network_name, self.configuration_manager.configuration,
+                                trainer_name=type(self).__name__, plans_name=self.plans_manager.plans_name,
+                                configuration_name=self.configuration_name,
+                                dataset_name=self.plans_manager.dataset_name,
+                                trainer_for_network=discovery.trainer_for_network)
         super().initialize()
         if self.is_ddp:
             self._wrap_training_modules_for_ddp()
@@ -192,8 +209,18 @@ class MambaTrainerBase(nnUNetTrainer):
         return torch.optim.AdamW(parameters, lr=self.initial_lr, weight_decay=self.weight_decay, betas=(0.9, 0.999),
                                  eps=self.adamw_eps)
 
+    @property
+    def schedule_epochs(self) -> int:
+        """The epochs the learning-rate schedule spans (``lr_schedule_epochs``, else the run's ``num_epochs``)."""
+        if self.lr_schedule_epochs is None:
+            return self.num_epochs
+        if self.lr_schedule_epochs < self.num_epochs:
+            raise ValueError(f"{type(self).__name__}: lr_schedule_epochs ({self.lr_schedule_epochs}) is shorter "
+                             f"than the run (num_epochs {self.num_epochs}); set it to at least num_epochs or to None")
+        return self.lr_schedule_epochs
+
     def build_lr_scheduler(self, optimizer):
-        return CosineAnnealingLRScheduler(optimizer, self.initial_lr, self.min_lr, self.num_epochs)
+        return CosineAnnealingLRScheduler(optimizer, self.initial_lr, self.min_lr, self.schedule_epochs)
 
     @property
     def loss_term_weights(self) -> dict[str, float]:
@@ -259,6 +286,9 @@ class MambaTrainerBase(nnUNetTrainer):
         if weights and self.local_rank == 0:
             self.loss_term_log.plot(os.path.join(self.output_folder, PLOT_NAME), f"{type(self).__name__}: loss terms",
                                     self.logger.get_checkpoint(), weights)
+        finished = self.current_epoch  # nnU-Net's on_epoch_end has counted the epoch
+        if self.epoch_checkpoint_every and finished % self.epoch_checkpoint_every == 0:
+            self._write_checkpoint(os.path.join(self.output_folder, epoch_checkpoint_name(finished - 1)), finished)
 
     # --- pretrained initialisation (fresh runs only) -----------------------------------------------------
 
@@ -304,6 +334,10 @@ class MambaTrainerBase(nnUNetTrainer):
         nnU-Net writes in place, so an interrupted save leaves a truncated file that ``--c`` then fails on;
         here the file appears only once complete.
         """
+        self._write_checkpoint(filename, self.current_epoch + 1)
+
+    def _write_checkpoint(self, filename: str, epochs_done: int) -> None:
+        """The checkpoint of the state after ``epochs_done`` epochs (``--c`` continues with the next one)."""
         if self.local_rank != 0:
             return
         if self.disable_checkpointing:
@@ -315,7 +349,7 @@ class MambaTrainerBase(nnUNetTrainer):
             "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
             "logging": self.logger.get_checkpoint(),
             "_best_ema": self._best_ema,
-            "current_epoch": self.current_epoch + 1,
+            "current_epoch": epochs_done,
             "init_args": self.my_init_kwargs,
             "trainer_name": self.__class__.__name__,
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
@@ -418,6 +452,11 @@ class MambaTrainerBase(nnUNetTrainer):
                     f"{type(self).__name__} (loss weights {self.loss_term_weights}); resume with the trainer that "
                     f"wrote it.")
         return saved
+
+
+def epoch_checkpoint_name(epoch: int) -> str:
+    """The periodic checkpoint written at the end of ``epoch`` (counted from 0), the official trainers' name."""
+    return f"checkpoint_{epoch}.pth"
 
 
 def _unwrap(network: nn.Module) -> nn.Module:
