@@ -164,3 +164,14 @@ def test_lazy_import_loads_once_and_keeps_the_reason():
     said = LazyImport(load_without_kernel, lambda error: pytest.fail("an Unavailable is the reason as it is"))
     assert said.result() == (None, "foo imports but its kernel is missing")
     assert LazyImport(lambda: "module", str).status() == (True, "")
+
+
+def test_the_table_reads_a_device_given_as_a_string_like_a_torch_device(statuses):
+    from nnunet_mamba.ops.backends import auto_backend, check_forced, device_type
+
+    assert [device_type("cuda:1"), device_type(torch.device("cuda", 1)), device_type("cpu")] == ["cuda", "cuda", "cpu"]
+    statuses(cuda=True, triton=True, numba=True)
+    assert auto_backend("cuda:0", torch.float32).name == auto_backend(torch.device("cuda", 0), torch.float32).name
+    numba = next(backend for backend in BACKENDS if backend.name == "numba")
+    with pytest.raises(RuntimeError, match="only runs on CPU tensors"):
+        check_forced(numba, "cuda:0", torch.float32, origin="backend argument")

@@ -19,12 +19,17 @@ def _late(module: str, function: str, *, with_device: bool = True) -> Callable:
     """``nnunet_mamba.ops.<module>.<function>``, looked up at each call: importing the backends here would
     import torch and the kernels with the table (and tests replace these functions to pretend one is missing).
     ``with_device=False`` drops the device argument of a status that does not depend on it."""
-    def call(*args):
+    def call(*args, **kwargs):
         found = getattr(importlib.import_module(f"nnunet_mamba.ops.{module}"), function)
-        return found(*(args if with_device else args[1:]))
+        return found(*(args if with_device else args[1:]), **kwargs)
 
     call.__name__ = f"{module}.{function}"
     return call
+
+
+def device_type(device) -> str:
+    """'cuda' for torch.device('cuda:1') and for the string 'cuda:1' alike."""
+    return getattr(device, "type", None) or str(device).split(":")[0]
 
 
 def _always_available(device) -> Tuple[bool, str]:
@@ -63,7 +68,7 @@ class ScanBackend:
 
     def unavailable_reason(self, device) -> str:
         """"" when it can run on tensors on ``device`` here, else why not (for tools that skip it)."""
-        if not self.runs_on(getattr(device, "type", str(device).split(":")[0])):
+        if not self.runs_on(device_type(device)):
             return f"runs on {self.devices} tensors only"
         return self.status(device)[1]
 
@@ -113,8 +118,7 @@ def _spoken_list(items: Sequence[str]) -> str:
 def check_forced(backend: ScanBackend, device, dtype, origin: str) -> None:
     """Raise RuntimeError, saying how to fix it, when ``backend`` was forced but cannot run on tensors on
     ``device`` computed in ``dtype``."""
-    device_type = getattr(device, "type", str(device))
-    if not backend.runs_on(device_type):
+    if not backend.runs_on(device_type(device)):
         raise RuntimeError(
             f"Selective-scan backend '{backend.name}' was forced (by the {origin}) but the tensors are on device "
             f"'{device}', and {backend.kernel} only runs on {backend.devices} tensors. Set {SCAN_ENV_VAR}=auto to "
@@ -134,9 +138,9 @@ def check_forced(backend: ScanBackend, device, dtype, origin: str) -> None:
 def auto_backend(device, dtype) -> ScanBackend:
     """The first backend of the table that 'auto' may pick for tensors on ``device`` in ``dtype`` and that
     can run there (the pure-PyTorch scan always can)."""
-    device_type = getattr(device, "type", str(device))
+    kind = device_type(device)
     for backend in BACKENDS:
-        if backend.auto_device_types is not None and device_type not in backend.auto_device_types:
+        if backend.auto_device_types is not None and kind not in backend.auto_device_types:
             continue
         if backend.accepts_dtype(dtype) and backend.status(device)[0]:
             return backend

@@ -17,7 +17,8 @@ from nnunet_mamba.distillation.dual_self_distillation import (
     ENCODER_PROGRESSIVE_PAPER,
     ENCODER_PROGRESSIVE_STUDENT_SIDE,
 )
-from nnunet_mamba.training.trainer_base import TRAINING_MODULES_KEY, MambaTrainerBase, _read_training_checkpoint
+from nnunet_mamba.training.trainer_base import (MambaTrainerBase, _read_training_checkpoint,
+                                                saved_training_module_states)
 
 MODULE_NAME = "distillation"
 #: the heads' loss names -> the trainer's logged term names
@@ -76,7 +77,7 @@ class DualSelfDistillationTrainer(MambaTrainerBase):
         if not self.was_initialized:
             self.initialize()
         checkpoint = _read_training_checkpoint(filename_or_checkpoint, self.device)
-        saved = (checkpoint.get(TRAINING_MODULES_KEY) or {}).get(MODULE_NAME) or checkpoint.get("distillation_heads")
+        saved = (saved_training_module_states(checkpoint) or {}).get(MODULE_NAME)
         if (self.encoder_progressive == ENCODER_PROGRESSIVE_PAPER and saved is not None
                 and "encoder_progressive.0.channel.bias" in saved):
             self.print_to_log_file("the checkpoint was trained with the student-side encoder progressive heads "

@@ -433,9 +433,7 @@ class MambaTrainerBase(nnUNetTrainer):
         expected = self._saved_training_modules()
         if not expected:
             return {}
-        saved = checkpoint.get(TRAINING_MODULES_KEY)
-        if saved is None and "distillation_heads" in checkpoint:  # written before the generic mechanism
-            saved = {"distillation": checkpoint["distillation_heads"]}
+        saved = saved_training_module_states(checkpoint)
         if not saved or set(saved) != set(expected):
             raise RuntimeError(
                 f"{type(self).__name__} cannot continue from {source}: it needs the training-only modules "
@@ -473,6 +471,14 @@ def _weight_sums(network: nn.Module) -> list[torch.Tensor]:
 
 def _same_weights(before: list[torch.Tensor] | None, after: list[torch.Tensor]) -> bool:
     return before is not None and len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def saved_training_module_states(checkpoint: dict) -> dict[str, dict] | None:
+    """The training-only modules' states a checkpoint holds (name -> state dict), None when it holds none."""
+    saved = checkpoint.get(TRAINING_MODULES_KEY)
+    if saved is None and "distillation_heads" in checkpoint:  # DSVM-UNet runs written before the generic mechanism
+        saved = {"distillation": checkpoint["distillation_heads"]}
+    return saved
 
 
 def _read_training_checkpoint(filename_or_checkpoint, device) -> dict:
