@@ -75,10 +75,12 @@ class nnUNetTrainerLightMUNetTest(_TestSchedule, LightMUNetProtocol, MambaTraine
 
 
 class _SwinUMambaTest(_TestSchedule, EncoderFreeze, MambaTrainerBase):
-    """A pretrained encoder frozen for the first 2 epochs."""
+    """A pretrained encoder frozen for the first 2 epochs. Seeded: from some random starts the cube stays
+    unlearnt through the 2D test's 50 iterations (Dice 0.03 in one CI run; issue 23, item 7)."""
 
     encoder_freeze_epochs = 2
     val_iterations_per_epoch = 1
+    seed = 0
 
 
 class nnUNetTrainerSwinUMambaTest(_SwinUMambaTest):
