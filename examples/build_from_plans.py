@@ -17,7 +17,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plans", help="an nnU-Net plans file (nnUNetPlans.json)")
     parser.add_argument("-c", "--configuration", default="2d")
-    parser.add_argument("--network", default="vm_unet", choices=sorted(registered_networks()))
+    parser.add_argument("--network", default="vm_unet", choices=sorted(registered_networks(variants=True)))
     args = parser.parse_args()
 
     if args.plans:

@@ -16,7 +16,7 @@ import os
 import shlex
 from pathlib import Path
 
-ENV_VAR = "nnUNet_extTrainer"
+EXT_TRAINER_ENV_VAR = "nnUNet_extTrainer"
 
 
 def trainers_folder() -> Path:
@@ -31,7 +31,7 @@ def trainers_folder() -> Path:
 
 
 def _configured_paths(value: str | None = None) -> list[str]:
-    value = os.environ.get(ENV_VAR, "") if value is None else value
+    value = os.environ.get(EXT_TRAINER_ENV_VAR, "") if value is None else value
     return [p for p in value.split(os.pathsep) if p.strip()]
 
 
@@ -45,17 +45,17 @@ def export_line() -> str:
     """The shell line that makes nnU-Net find our trainers, keeping other folders already listed."""
     ours = str(trainers_folder())
     paths = [ours] + [p for p in _configured_paths() if os.path.exists(p) and Path(p).resolve() != Path(ours)]
-    return f"export {ENV_VAR}={shlex.quote(os.pathsep.join(paths))}"
+    return f"export {EXT_TRAINER_ENV_VAR}={shlex.quote(os.pathsep.join(paths))}"
 
 
 def require_configured(command: str) -> None:
     """Raise a clear error when nnU-Net could not find our trainers from ``command``."""
     if is_configured():
         return
-    current = os.environ.get(ENV_VAR)
+    current = os.environ.get(EXT_TRAINER_ENV_VAR)
     state = "is not set" if current is None else f"is {current!r}, which does not list {trainers_folder()}"
     raise RuntimeError(
-        f"{command} needs nnU-Net to find the nnunet-mamba trainers, but {ENV_VAR} {state}.\n"
+        f"{command} needs nnU-Net to find the nnunet-mamba trainers, but {EXT_TRAINER_ENV_VAR} {state}.\n"
         f"Run this (or add it to your shell profile):\n    eval \"$(nnunet-mamba env)\"\n"
         f"which executes: {export_line()}")
 
@@ -104,11 +104,17 @@ def our_trainers() -> dict:
 
 
 def trainer_for_network(network_name: str) -> str | None:
-    """The plain trainer of a registered network (its variants add to its name, so the shortest name); None when
-    none of our trainers builds it or a trainer module fails to import."""
+    """The plain trainer of a registered name (trainer variants add to the trainer's name, so the shortest name
+    whose ``network_name`` is it, or which builds it: a quick trainer its network's small instance); None when none
+    of our trainers builds it or a trainer module fails to import."""
     try:
         trainers = our_trainers()
     except Exception:  # noqa: BLE001 - used in hints and error messages, which must not fail on another module
         return None
-    names = [name for name, trainer in trainers.items() if getattr(trainer, "network_name", None) == network_name]
+
+    def builds(trainer) -> set:
+        to_build = getattr(trainer, "network_to_build", None)
+        return {getattr(trainer, "network_name", None), to_build() if to_build and trainer.network_name else None}
+
+    names = [name for name, trainer in trainers.items() if network_name in builds(trainer)]
     return min(names, key=len) if names else None

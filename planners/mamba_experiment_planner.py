@@ -7,14 +7,10 @@ from typing import List, Optional, Tuple, Union
 
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
-from nnunet_mamba.architectures.registry import (
-    SyntheticConfiguration,
-    build_network,
-    get_network,
-    require_supported_dims,
-)
+from nnunet_mamba.architectures.plans import PlanTopology
+from nnunet_mamba.architectures.registry import build_network, get_network, require_supported_dims
 from nnunet_mamba.planning.memory_model import MemoryEstimate, TrainingMemoryModel
-from nnunet_mamba.planning.patch_search import Topology, batch_size_for, fit_patch_to_budget
+from nnunet_mamba.planning.patch_search import batch_size_for, fit_patch_to_budget
 from nnunet_mamba.planning.record import PLANNING_KEY
 #: networks kept built at once: full-size networks are large, and the search visits few topologies at a time
 NETWORKS_KEPT = 3
@@ -44,7 +40,7 @@ class MambaExperimentPlanner(ExperimentPlanner):
         self.memory_model = memory_model
         self.usable_bytes = memory_model.usable_bytes(gpu_memory_target_in_gb)
         self._networks: OrderedDict = OrderedDict()
-        self._estimates: dict[Topology, MemoryEstimate] = {}
+        self._estimates: dict[PlanTopology, MemoryEstimate] = {}
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name,
                          plans_name or mamba_plans_name(network_name, gpu_memory_target_in_gb),
                          overwrite_target_spacing, suppress_transpose)
@@ -76,7 +72,7 @@ class MambaExperimentPlanner(ExperimentPlanner):
         }
         return plan
 
-    def _record_topology(self, arch_kwargs: dict, topology: Topology, spatial_dims: int) -> None:
+    def _record_topology(self, arch_kwargs: dict, topology: PlanTopology, spatial_dims: int) -> None:
         """The plan's poolings (what our networks read their strides from) for the fitted patch, in nnU-Net's
         UNet entry, which stays trainable by nnU-Net's own trainers."""
         stages = len(topology.pool_op_kernel_sizes)
@@ -90,7 +86,7 @@ class MambaExperimentPlanner(ExperimentPlanner):
             "n_conv_per_stage_decoder": self.UNet_blocks_per_stage_decoder[:stages - 1],
         })
 
-    def _estimate(self, topology: Topology) -> MemoryEstimate:
+    def _estimate(self, topology: PlanTopology) -> MemoryEstimate:
         """A training step of the network built for this topology, batch size 1 (cached: the 3d_lowres search
         plans many times over)."""
         if topology not in self._estimates:
@@ -103,15 +99,13 @@ class MambaExperimentPlanner(ExperimentPlanner):
                 input_channels, num_classes, deep_supervision)
         return self._estimates[topology]
 
-    def _network_for(self, topology: Topology, input_channels: int, num_classes: int, deep_supervision: bool):
+    def _network_for(self, topology: PlanTopology, input_channels: int, num_classes: int, deep_supervision: bool):
         # the network depends on the poolings only (the patch is merely checked against them)
         key = topology.pool_op_kernel_sizes
         if key in self._networks:
             self._networks.move_to_end(key)
         else:
-            configuration = SyntheticConfiguration(topology.patch_size, topology.pool_op_kernel_sizes,
-                                                   topology.conv_kernel_sizes, (1.0,) * len(topology.patch_size))
-            self._networks[key] = build_network(self.network_entry.name, configuration, input_channels, num_classes,
+            self._networks[key] = build_network(self.network_entry.name, topology, input_channels, num_classes,
                                                 deep_supervision)
             if len(self._networks) > NETWORKS_KEPT:
                 self._networks.popitem(last=False)

@@ -7,8 +7,10 @@ its ``trainers/`` folder are imported, not the installed ones. Each checkpoint i
 trainer (``save_checkpoint``, with its extra state and training-only modules), after ``initialize`` on a small
 hand-written 2d plan, so it has exactly the layout that tree's trainings write: ``network_weights``,
 ``init_args``, ``trainer_name``, an optimiser state without steps, and the trainer's extra keys. The networks
-are narrowed (``network_overrides``) to keep each file small; ``manifest.json`` records, per file, the trainer
-and the overrides a reader needs to build the same network again (tests/test_checkpoint_layout.py).
+are narrowed to keep each file small (a tree whose trainers build registered variants gets a variant registered
+with the narrowing arguments; an older tree, as 523f1ae, takes them as the trainer's ``network_overrides``);
+``manifest.json`` records, per file, the trainer and, under ``network_overrides``, the constructor arguments a
+reader needs to build the same network again (tests/test_checkpoint_layout.py).
 """
 from __future__ import annotations
 
@@ -131,6 +133,18 @@ def load_trainer_class(source_tree: Path, module_name: str, class_name: str):
     return getattr(sys.modules[module_name], class_name)
 
 
+def narrowed(trainer_class, stem: str, overrides: dict):
+    """The real trainer, narrowed by ``overrides``; named as it, so the checkpoint's trainer_name is the real one."""
+    if hasattr(trainer_class, "network_overrides"):  # trees before network variants were registry entries
+        return type(trainer_class.__name__, (trainer_class,),
+                    {"network_overrides": {**trainer_class.network_overrides, **overrides}})
+    from nnunet_mamba.architectures import register_variant
+
+    variant = register_variant(f"{trainer_class.network_name}_layout_{stem}", of=trainer_class.network_name,
+                               args=overrides, description=f"{trainer_class.network_name} as narrowed in {stem}.pth")
+    return type(trainer_class.__name__, (trainer_class,), {"network_name": variant.name})
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source_tree", type=Path, help="checkout of nnunet-mamba whose layout is written")
@@ -146,7 +160,7 @@ def main(argv=None) -> int:
     import torch
 
     import nnunet_mamba
-    from nnunet_mamba.architectures.registry import synthetic_configuration
+    from nnunet_mamba.architectures import synthetic_configuration
 
     if Path(nnunet_mamba.__file__).resolve().parent != source_tree / "nnunet_mamba":
         raise SystemExit(f"imported nnunet_mamba from {nnunet_mamba.__file__}, not from {source_tree}")
@@ -156,14 +170,11 @@ def main(argv=None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"commit": commit, "configuration": "2d", "seed": SEED, "checkpoints": {}}
     for stem, (module_name, class_name, network, overrides) in LAYOUTS.items():
-        trainer_class = load_trainer_class(source_tree, module_name, class_name)
-        # the real trainer, narrowed; named as it, so the checkpoint's trainer_name is the real one
-        narrowed = type(class_name, (trainer_class,),
-                        {"network_overrides": {**trainer_class.network_overrides, **overrides}})
+        trainer_class = narrowed(load_trainer_class(source_tree, module_name, class_name), stem, overrides)
         torch.manual_seed(SEED)
         # nnUNetv2_train adds continue_training to the plans, and nnU-Net's trainer pops it
-        trainer = narrowed({**copy.deepcopy(plans), "continue_training": False}, "2d", 0, copy.deepcopy(dataset_json),
-                           torch.device("cpu"))
+        trainer = trainer_class({**copy.deepcopy(plans), "continue_training": False}, "2d", 0,
+                                copy.deepcopy(dataset_json), torch.device("cpu"))
         trainer.initialize()
         path = args.out_dir / f"{stem}.pth"
         trainer.save_checkpoint(str(path))

@@ -16,7 +16,9 @@ import torch
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from nnunet_mamba.architectures import register_variant
 from nnunet_mamba.discovery import load_trainer
+from nnunet_mamba.training import checkpoint as training_checkpoint
 
 LAYOUT = Path(__file__).resolve().parent / "data" / "layout_523f1ae"
 MANIFEST = json.loads((LAYOUT / "manifest.json").read_text(encoding="utf-8"))
@@ -28,13 +30,16 @@ def _read(stem: str) -> dict:
 
 
 def _narrowed_trainer(stem: str):
-    """Today's trainer of the checkpoint (found by its recorded name, as nnU-Net finds it), narrowed as it was."""
+    """Today's trainer of the checkpoint (found by its recorded name, as nnU-Net finds it), narrowed as it was: it
+    builds a variant of its network registered with the recorded constructor arguments (523f1ae's trainers took
+    them as ``network_overrides``)."""
     entry = CHECKPOINTS[stem]
     trainer_class = load_trainer(entry["trainer"])
     overrides = {key: tuple(value) if isinstance(value, list) else value
                  for key, value in entry["network_overrides"].items()}
-    return type(trainer_class.__name__, (trainer_class,),
-                {"network_overrides": {**trainer_class.network_overrides, **overrides}})
+    narrowed = register_variant(f"{trainer_class.network_name}_layout_{stem}", of=trainer_class.network_name,
+                                args=overrides, description=f"{trainer_class.network_name} as narrowed in {stem}.pth")
+    return type(trainer_class.__name__, (trainer_class,), {"network_name": narrowed.name})
 
 
 def _trainer_from_init_args(stem: str, checkpoint: dict, continue_training: bool):
@@ -91,12 +96,16 @@ def test_predict_builds_a_network_that_loads_the_weights_strictly(stem):
 
 
 @pytest.mark.parametrize("stem", sorted(CHECKPOINTS))
-def test_continue_and_pretrained_weights_load_the_checkpoint(stem, nnunet_folders):
+def test_continue_and_pretrained_weights_load_the_checkpoint(stem, nnunet_folders, monkeypatch):
     path = str(LAYOUT / CHECKPOINTS[stem]["file"])
     checkpoint = _read(stem)
 
     resumed = _trainer_from_init_args(stem, checkpoint, continue_training=True)
+    reads, read = [], training_checkpoint.load_training_checkpoint
+    monkeypatch.setattr(training_checkpoint, "load_training_checkpoint",
+                        lambda *args, **kwargs: reads.append(args[0]) or read(*args, **kwargs))
     resumed.load_checkpoint(path)  # --c
+    assert reads == [path]  # read once, also by the trainers that adapt to an older layout (DSVM-UNet)
     _assert_same_tensors(resumed.bare_network.state_dict(), checkpoint["network_weights"])
     assert resumed.current_epoch == checkpoint["current_epoch"] == 1
     saved_modules = checkpoint["training_modules"]

@@ -14,25 +14,25 @@ COMMAND = [sys.executable, "-m", "nnunet_mamba.cli"]
 
 
 def _run(args, env_changes):
-    env = {k: v for k, v in os.environ.items() if k != discovery.ENV_VAR}
+    env = {k: v for k, v in os.environ.items() if k != discovery.EXT_TRAINER_ENV_VAR}
     env.update(env_changes)
     return subprocess.run(COMMAND + args, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_env_prints_an_export_line_that_keeps_other_folders(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(discovery.ENV_VAR, str(tmp_path))
+    monkeypatch.setenv(discovery.EXT_TRAINER_ENV_VAR, str(tmp_path))
     assert main(["env"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith(f"export {discovery.ENV_VAR}=")
+    assert line.startswith(f"export {discovery.EXT_TRAINER_ENV_VAR}=")
     value = shlex.split(line.split("=", 1)[1])[0]
     assert value.split(os.pathsep) == [str(discovery.trainers_folder()), str(tmp_path)]
 
 
 def test_require_configured_names_the_variable_and_the_fix(monkeypatch):
-    monkeypatch.delenv(discovery.ENV_VAR, raising=False)
+    monkeypatch.delenv(discovery.EXT_TRAINER_ENV_VAR, raising=False)
     with pytest.raises(RuntimeError, match=r"nnUNet_extTrainer is not set[\s\S]*eval \"\$\(nnunet-mamba env\)\""):
         discovery.require_configured("nnunet-mamba demo")
-    monkeypatch.setenv(discovery.ENV_VAR, "/somewhere/else")
+    monkeypatch.setenv(discovery.EXT_TRAINER_ENV_VAR, "/somewhere/else")
     with pytest.raises(RuntimeError, match="which does not list"):
         discovery.require_configured("nnunet-mamba demo")
 
@@ -52,14 +52,15 @@ def test_doctor_reports_lookup_failure_and_success():
 
     assert f"tensors on cpu use the '{resolve_backend(torch.device('cpu'))}' backend" in unset.stdout
 
-    configured = _run(["doctor"], {discovery.ENV_VAR: str(discovery.trainers_folder())})
+    configured = _run(["doctor"], {discovery.EXT_TRAINER_ENV_VAR: str(discovery.trainers_folder())})
     assert configured.returncode == 0, configured.stdout + configured.stderr
     for name in ("nnUNetTrainerVMUNet", "nnUNetTrainerVMUNetQuick"):
         assert f"{name}: found" in configured.stdout
 
 
 def test_doctor_reports_a_bad_backend_choice():
-    result = _run(["doctor"], {discovery.ENV_VAR: str(discovery.trainers_folder()), "NNUNET_MAMBA_SCAN": "cuda"})
+    result = _run(["doctor"], {discovery.EXT_TRAINER_ENV_VAR: str(discovery.trainers_folder()),
+                               "NNUNET_MAMBA_SCAN": "cuda"})
     assert result.returncode == 1
     assert "Selective-scan backend 'cuda' was forced" in result.stdout
 
@@ -67,7 +68,7 @@ def test_doctor_reports_a_bad_backend_choice():
 def test_nnunet_lookup_finds_every_trainer_of_ours(monkeypatch):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    monkeypatch.setenv(discovery.ENV_VAR, str(discovery.trainers_folder()))
+    monkeypatch.setenv(discovery.EXT_TRAINER_ENV_VAR, str(discovery.trainers_folder()))
     names = discovery.trainer_names()
     assert {"nnUNetTrainerVMUNet", "nnUNetTrainerVMUNetQuick"} <= set(names)
     for name in names:
@@ -90,7 +91,7 @@ def test_doctor_flags_an_nnunet_raw_that_does_not_exist(tmp_path, monkeypatch, c
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "created_later"))  # nnU-Net creates this one
     monkeypatch.delenv("nnUNet_results", raising=False)
     monkeypatch.delenv("NNUNET_MAMBA_SCAN", raising=False)
-    monkeypatch.setenv(discovery.ENV_VAR, str(discovery.trainers_folder()))
+    monkeypatch.setenv(discovery.EXT_TRAINER_ENV_VAR, str(discovery.trainers_folder()))
     monkeypatch.setattr(discovery, "find_with_nnunet", lambda name: (object, ""))  # the lookup is tested above
     assert main(["doctor"]) == 1
     out = capsys.readouterr().out

@@ -519,7 +519,7 @@ def test_a_pool_whose_terminate_hangs_does_not_hide_the_error(monkeypatch):
     still reach the user after a bounded wait."""
     import threading
 
-    from nnunet_mamba.datasets import parallel
+    from nnunet_mamba import parallel
 
     monkeypatch.setattr(parallel, "_TERMINATE_WAIT_SECONDS", 0.2)
     terminated = threading.Event()

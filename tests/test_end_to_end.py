@@ -15,7 +15,8 @@ from matplotlib.image import imread
 from e2e_support import DATASET_ID, predict_test_images
 from nnunet_mamba.training.loss_terms import PLOT_NAME
 from nnunet_mamba.training.self_distillation import TERM_NAMES
-from nnunet_mamba.training.trainer_base import COMPILE_DISABLED_REASON, TRAINING_MODULES_KEY
+from nnunet_mamba.training.trainer_base import COMPILE_DISABLED_REASON
+from nnunet_mamba.training.training_modules import TRAINING_MODULES_KEY
 
 pytestmark = pytest.mark.slow
 

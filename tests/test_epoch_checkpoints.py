@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from nnunet_mamba.architectures import get_network
 from nnunet_mamba.discovery import load_trainer, trainer_names
 from nnunet_mamba.training import MambaTrainerBase, QuickCPURun
+from nnunet_mamba.training import checkpoint as training_checkpoint
 from nnunet_mamba.training import trainer_base
 
 
@@ -35,12 +37,12 @@ def _cosine(initial, minimum, epoch, length):
 def test_run_stops_at_num_epochs_on_the_longer_schedule_with_atomic_epoch_checkpoints(make_trainer, monkeypatch):
     written = []
 
-    def recording_write(obj, filename):
+    def recording_write(filename, write):
         written.append(Path(filename).name)
-        return write_atomically(obj, filename)
+        return write_atomically(filename, write)
 
-    write_atomically = trainer_base.write_atomically
-    monkeypatch.setattr(trainer_base, "write_atomically", recording_write)
+    write_atomically = training_checkpoint.write_atomically
+    monkeypatch.setattr(training_checkpoint, "write_atomically", recording_write)
     trainer = make_trainer(_ShortRunOfALongerSchedule)
     trainer.run_training()
 
@@ -98,8 +100,9 @@ def test_swin_umamba_paper_runs_stop_where_the_paper_evaluated(network, make_tra
 def test_dagger_scratch_and_embedding_trainers():
     scratch = load_trainer("nnUNetTrainerSwinUMambaDScratch")
     assert scratch.epoch_checkpoint_every == 50 and scratch.network_name == "swin_umamba_d"
-    assert "adapt_rgb_embedding" not in load_trainer("nnUNetTrainerSwinUMambaD").network_kwargs()  # official loader
-    assert load_trainer("nnUNetTrainerSwinUMambaDAdaptedEmbedding").network_kwargs() == {"adapt_rgb_embedding": True}
+    assert "adapt_rgb_embedding" not in get_network(load_trainer("nnUNetTrainerSwinUMambaD").network_name).default_args
+    assert get_network(load_trainer("nnUNetTrainerSwinUMambaDAdaptedEmbedding").network_name).default_args == {
+        "adapt_rgb_embedding": True}
 
 
 def test_dagger_scratch_trains_without_deep_supervision_and_ignores_imagenet_weights(make_trainer, monkeypatch,

@@ -74,7 +74,7 @@ def test_dry_run_runs_every_step_and_writes_both_reports(dry_run):
     for name in gpu_suite.STEPS:
         assert f"| {name} | {statuses[name]} |" in markdown
     for section in ("## Targets", "## Scan timing", "## Networks, 2D", "## Networks, 3D", "## AMP stability",
-                    "## planning.gpu_check", "## test_cuda"):
+                    "## benchmark planner-gpu", "## test_cuda"):
         assert section in markdown, section
     log = (out / "gpu_check.log").read_text()
     assert all(f"===== {name} =====" in log for name in gpu_suite.STEPS if name != "build_mamba_ssm")
@@ -161,7 +161,7 @@ def test_pytest_summary_reads_counts_and_failures():
 
 
 def test_gpu_check_rows_format_out_of_memory_and_fractions():
-    from nnunet_mamba.planning.gpu_check import format_rows
+    from nnunet_mamba.benchmarks.planner_gpu import format_rows
 
     rows = [{"network": "vm_unet", "budget_gb": 8, "configuration": "2d", "patch_size": [512, 512],
              "batch_size": 4, "estimate_gib": 6.04, "allocated_gib": 5.5, "reserved_gib": 6.0,
@@ -188,7 +188,6 @@ def one_thread():
 def test_network_benchmark_keeps_a_failed_model_as_an_error_row_and_times_the_rest(monkeypatch, one_thread):
     import torch
 
-    from nnunet_mamba.architectures import get_network
     from nnunet_mamba.benchmarks import network
 
     class OutOfMemory(torch.nn.Module):
@@ -203,7 +202,7 @@ def test_network_benchmark_keeps_a_failed_model_as_an_error_row_and_times_the_re
     rows = network.run_network_benchmark(["vm_unet"], (32, 32), batch=1, num_classes=3, device="cpu", amp=False,
                                          backends=["torch"], steps=1, warmup=1, compare_nnunet=True,
                                          compare_resenc=True,
-                                         network_overrides={"vm_unet": get_network("vm_unet").small_overrides})
+                                         small=True)
     assert [r["network"] for r in rows] == [network.NNUNET_UNET, network.NNUNET_RESENC_M, "vm_unet"]
     assert rows[1]["error"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert rows[2]["train_ratio"] == pytest.approx(rows[2]["step_ms"] / rows[0]["step_ms"])

@@ -4,7 +4,7 @@
 patch and batch to; here it must agree within 15% with what a training-mode forward pass saves, measured with
 ``saved_tensors_hooks`` (:func:`nnunet_mamba.benchmarks.memory.saved_activation_elements`), for every
 registered network in 2D and 3D over several patch sizes (poolings as nnU-Net's planner gives them). The
-figures are in docs/benchmarks.md (``python -m nnunet_mamba.planning.comparison --memory-model``).
+figures are in docs/benchmarks.md (``nnunet-mamba benchmark memory-model``).
 """
 
 import pytest
@@ -12,7 +12,7 @@ import torch
 
 from nnunet_mamba.architectures import registered_networks
 from nnunet_mamba.benchmarks.memory import saved_activation_elements
-from nnunet_mamba.planning.comparison import MEMORY_MODEL_INPUT_CHANNELS, MEMORY_MODEL_PATCHES, build_for_memory_check
+from nnunet_mamba.benchmarks.planner import MEMORY_MODEL_INPUT_CHANNELS, MEMORY_MODEL_PATCHES, build_for_memory_check
 
 TOLERANCE = 0.15
 
@@ -40,7 +40,7 @@ def test_estimate_matches_at_the_published_widths(name):
     torch.manual_seed(0)
     patch = MEMORY_MODEL_PATCHES[2][0]
     published = build_for_memory_check(name, patch, small=False)
-    if registered_networks()[name].small_overrides:
+    if registered_networks()[name].small_instance != name:
         small = build_for_memory_check(name, patch, small=True)
         assert published.compute_conv_feature_map_size(list(patch)) > small.compute_conv_feature_map_size(list(patch))
     assert _relative_error(published, patch) <= TOLERANCE

@@ -117,11 +117,11 @@ def test_forward_backward_and_deep_supervision_shapes(name, case):
         pytest.skip(f"{name} is not {len(planned)}D")
     torch.manual_seed(0)
     deep_supervision = entry.network_class.supports_deep_supervision
-    network = build_network(name, synthetic_configuration(planned), 2, 3, deep_supervision, **entry.small_overrides)
+    network = build_network(entry.small_instance, synthetic_configuration(planned), 2, 3, deep_supervision)
     outputs = network(torch.randn(2, 2, *given))
     if not deep_supervision:  # a single output: one head, one tensor, and asking for more is a named error
         with pytest.raises(ValueError, match="single output and no deep supervision"):
-            build_network(name, synthetic_configuration(planned), 2, 3, True, **entry.small_overrides)
+            build_network(entry.small_instance, synthetic_configuration(planned), 2, 3, True)
         assert len(network.decoder.seg_layers) == 1 and isinstance(outputs, torch.Tensor)
         outputs = [outputs]
     assert isinstance(outputs, list) and len(outputs) == len(network.decoder.seg_layers)
@@ -146,10 +146,10 @@ def test_nnunet_pretrained_weights_transfer_between_class_counts(name, tmp_path)
     configuration = synthetic_configuration((64, 64) if 2 in entry.dims else (32, 32, 32))
     torch.manual_seed(0)
     deep_supervision = entry.network_class.supports_deep_supervision
-    source = build_network(name, configuration, 1, 3, deep_supervision, **entry.small_overrides)
+    source = build_network(entry.small_instance, configuration, 1, 3, deep_supervision)
     torch.save({"network_weights": source.state_dict()}, tmp_path / "checkpoint_final.pth")
     torch.manual_seed(1)
-    target = build_network(name, configuration, 1, 5, deep_supervision, **entry.small_overrides)
+    target = build_network(entry.small_instance, configuration, 1, 5, deep_supervision)
     heads_before = {k: v.clone() for k, v in target.state_dict().items() if ".seg_layers." in k}
     load_pretrained_weights(target, str(tmp_path / "checkpoint_final.pth"))
     for key, value in target.state_dict().items():
@@ -166,8 +166,8 @@ def test_unsupported_pretrained_or_dimensionality_gives_named_errors(name, tmp_p
     for dims in {2, 3} - set(entry.dims):
         with pytest.raises(ValueError, match=rf"supports .* but the plan's configuration 'x' is {dims}D"):
             build_network(name, synthetic_configuration((32,) * dims), 1, 2, False, configuration_name="x")
-    network = build_network(name, synthetic_configuration((64, 64) if 2 in entry.dims else (32, 32, 32)), 1, 2,
-                            False, **entry.small_overrides)
+    network = build_network(entry.small_instance, synthetic_configuration((64, 64) if 2 in entry.dims else
+                                                                           (32, 32, 32)), 1, 2, False)
     if not network.supports_pretrained:
         with pytest.raises(NotImplementedError, match=f"not supported for {type(network).__name__}"):
             network.load_pretrained(tmp_path / "weights.pth")
@@ -185,3 +185,22 @@ def test_unknown_network_and_bad_synthetic_configuration():
         synthetic_configuration((64,))
     # like the planner: an axis pools while it stays >= 4 and even
     assert synthetic_configuration((48, 20)).pool_op_kernel_sizes == ((1, 1), (2, 2), (2, 2), (2, 1))
+
+
+VARIANTS = sorted(set(registered_networks(variants=True)) - set(NETWORKS))
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_a_variant_builds_its_network_with_its_default_arguments(name):
+    """Variants and small instances are registry entries: the class of the network they vary, their arguments."""
+    entry = registered_networks(variants=True)[name]
+    assert entry.variant_of in registered_networks(variants=True) and entry.default_args and entry.description
+    assert entry.network_class is registered_networks(variants=True)[entry.variant_of].network_class
+    configuration = synthetic_configuration((64, 64))
+    deep_supervision = entry.network_class.supports_deep_supervision
+    torch.manual_seed(0)
+    built = build_network(name, configuration, 1, 2, deep_supervision)
+    torch.manual_seed(0)
+    direct = entry.network_class.from_plan(configuration, 1, 2, deep_supervision, **entry.default_args)
+    assert built.state_dict().keys() == direct.state_dict().keys() and _count(built) == _count(direct)
+    assert built.network_name == entry.network_class.network_name  # a network names its class's registration

@@ -1,6 +1,7 @@
 """The plan names the network our planner sized it for, and a trainer of another network refuses it (issue 24)."""
 import pytest
 
+from nnunet_mamba.discovery import load_trainer
 from nnunet_mamba.planning.record import PLANNING_KEY, PlanNetworkMismatch
 
 VM_UNET_PLANS = "nnUNetMambaPlans_vm_unet_24G"
@@ -40,3 +41,30 @@ def test_a_plan_for_the_trainers_own_network_is_accepted(make_trainer):
     trainer = _on_plans(make_trainer("nnUNetTrainerDSVMUNetQuick"), "vm_unet")
     trainer.initialize()
     assert trainer.was_initialized and type(trainer.network).__name__ == "VMUNet"
+
+
+def test_a_variant_is_planned_for_by_its_registered_name(make_trainer):
+    # the LightM-UNet v0 trainer builds the registered variant light_m_unet_v0: the full network's plan is another's
+    refused = _on_plans(make_trainer("nnUNetTrainerLightMUNetV0"), "light_m_unet", "nnUNetMambaPlans_light_m_unet_24G")
+    with pytest.raises(PlanNetworkMismatch, match=r"were sized for light_m_unet; nnUNetTrainerLightMUNetV0 builds "
+                                                  r"light_m_unet_v0: plan for it with `nnunet-mamba plan -d 991 "
+                                                  r"--network light_m_unet_v0 --gpu-memory-gb 24`.* train with "
+                                                  r"nnUNetTrainerLightMUNet \(or another trainer of light_m_unet\)"):
+        refused.initialize()
+    trainer = _on_plans(make_trainer("nnUNetTrainerLightMUNetV0"), "light_m_unet_v0",
+                        "nnUNetMambaPlans_light_m_unet_v0_24G")
+    trainer.initialize()
+    assert trainer.was_initialized and trainer.network.variant == "v0"
+
+
+def test_a_quick_trainer_takes_its_networks_plans_and_its_small_instances(make_trainer):
+    # the quick run builds vm_unet_small, which needs less memory than vm_unet: both plans fit it
+    assert load_trainer("nnUNetTrainerVMUNetQuick").network_to_build() == "vm_unet_small"
+    for planned in ("vm_unet", "vm_unet_small"):
+        trainer = _on_plans(make_trainer("nnUNetTrainerVMUNetQuick"), planned)
+        trainer.initialize()
+        assert trainer.was_initialized
+    # and a plan made for the small instance does not fit the full network's trainer
+    with pytest.raises(PlanNetworkMismatch, match=r"sized for vm_unet_small; nnUNetTrainerVMUNet builds vm_unet: .* "
+                                                  r"train with nnUNetTrainerVMUNetQuick"):
+        _on_plans(make_trainer("nnUNetTrainerVMUNet"), "vm_unet_small").initialize()

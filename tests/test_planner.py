@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from e2e_support import DATASET_ID
+from nnunet_mamba.architectures import PlanTopology
 from nnunet_mamba.cli import main
 from nnunet_mamba.planning import (
     GIB,
     BudgetTooSmallError,
     MemoryEstimate,
-    Topology,
     TrainingMemoryModel,
     batch_size_for,
     fit_patch_to_budget,
@@ -69,7 +69,7 @@ def test_patch_shrinks_on_the_axis_largest_relative_to_the_median_shape():
     topology, estimate = fit_patch_to_budget((1, 1), (256, 100), (256, 64), _voxel_estimator(),
                                              _budget_for((192, 64)))
     assert topology.patch_size == (192, 64)
-    assert topology.pool_op_kernel_sizes == Topology.for_patch((1, 1), (192, 64)).pool_op_kernel_sizes
+    assert topology.pool_op_kernel_sizes == PlanTopology.for_patch((1, 1), (192, 64)).pool_op_kernel_sizes
     assert estimate.per_sample_bytes == 10 * 192 * 64
     # one byte less and 192 no longer fits: nnU-Net's next step down is 176 (its divisor shrinks with the patch)
     smaller, _ = fit_patch_to_budget((1, 1), (256, 100), (256, 64), _voxel_estimator(),
@@ -116,7 +116,8 @@ def test_plan_command_refuses_a_budget_that_is_not_a_positive_number_in_one_line
 
 
 def test_only_planned_configurations_are_preprocessed():
-    from nnunet_mamba.commands.plan import PlanningError, _configurations_to_preprocess
+    from nnunet_mamba.planning.api import PlanningError
+    from nnunet_mamba.planning.api import configurations_to_preprocess as _configurations_to_preprocess
 
     plans = {"dataset_name": "Dataset991_MambaTest", "configurations": {"2d": {}, "3d_fullres": {}}}
     # by default nnU-Net's three, less the 3d_lowres that small images do not get
@@ -162,7 +163,7 @@ def test_plan_command_writes_fitted_plans_that_nnunet_trains_on(nnunet_workspace
     assert planned["normalization_schemes"] == default["normalization_schemes"]
     assert default["patch_size"] == [24, 40, 40] and planned["patch_size"] == [24, 32, 32]
     assert planned["batch_size"] == 2
-    assert planned["architecture"]["arch_kwargs"]["strides"] == [list(s) for s in Topology.for_patch(
+    assert planned["architecture"]["arch_kwargs"]["strides"] == [list(s) for s in PlanTopology.for_patch(
         planned["spacing"], planned["patch_size"]).pool_op_kernel_sizes]
     recorded = planned["nnunet_mamba"]
     assert recorded["network"] == "vm_unet" and recorded["gpu_memory_gb"] == TINY_BUDGET_GB

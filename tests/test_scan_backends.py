@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from nnunet_mamba import discovery
 from nnunet_mamba.cli import build_parser, main
-from nnunet_mamba.ops import (BACKEND_CHOICES, BACKENDS, ENV_VAR, available_backends, requested_backend,
+from nnunet_mamba.ops import (BACKEND_CHOICES, BACKENDS, SCAN_ENV_VAR, available_backends, requested_backend,
                               resolve_backend, scan_backend_override, scan_cuda, scan_numba, scan_triton,
                               selective_scan, selective_scan_ref)
 from nnunet_mamba.ops._optional import LazyImport, Unavailable
@@ -48,17 +48,17 @@ def test_the_choices_are_the_tables_names():
 
 def test_the_dispatcher_accepts_exactly_the_tables_names(monkeypatch):
     for name in BACKEND_CHOICES:
-        monkeypatch.setenv(ENV_VAR, f" {name.upper()} ")
+        monkeypatch.setenv(SCAN_ENV_VAR, f" {name.upper()} ")
         assert requested_backend() == name
-    monkeypatch.setenv(ENV_VAR, "fastest")
+    monkeypatch.setenv(SCAN_ENV_VAR, "fastest")
     with pytest.raises(ValueError, match=re.escape(f"must be one of {', '.join(BACKEND_CHOICES)}.")):
         requested_backend()
 
 
 def test_doctor_reports_every_backend_of_the_table_in_order(monkeypatch, capsys, statuses):
     statuses(numba=False)
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    monkeypatch.setenv(discovery.ENV_VAR, str(discovery.trainers_folder()))
+    monkeypatch.delenv(SCAN_ENV_VAR, raising=False)
+    monkeypatch.setenv(discovery.EXT_TRAINER_ENV_VAR, str(discovery.trainers_folder()))
     monkeypatch.setattr(discovery, "find_with_nnunet", lambda name: (object, ""))
     main(["doctor"])
     out = capsys.readouterr().out
@@ -68,6 +68,23 @@ def test_doctor_reports_every_backend_of_the_table_in_order(monkeypatch, capsys,
     numba = next(backend for backend in BACKENDS if backend.name == "numba")
     assert ("note: on cpu tensors the 'torch' backend runs; 'auto' would prefer 'numba': "
             f"{numba.install_hint}") in section
+
+
+def test_doctor_names_triton_as_the_gpu_choice_without_mamba_ssm(monkeypatch, capsys, statuses):
+    statuses(cuda=False, triton=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "a GPU")
+    monkeypatch.delenv(SCAN_ENV_VAR, raising=False)
+    monkeypatch.setenv(discovery.EXT_TRAINER_ENV_VAR, str(discovery.trainers_folder()))
+    monkeypatch.setattr(discovery, "find_with_nnunet", lambda name: (object, ""))
+    main(["doctor"])
+    section = capsys.readouterr().out.split("\nselective scan")[1].split("\n\n")[0]
+    cuda = next(backend for backend in BACKENDS if backend.name == "cuda")
+    assert "tensors on cuda use the 'triton' backend" in section
+    assert f"note: on cuda tensors the 'triton' backend runs; 'auto' would prefer 'cuda': {cuda.install_hint}" \
+        in section
+    assert "pure-PyTorch scan runs" not in section
 
 
 def test_the_readme_lists_the_tables_backends_in_order():
@@ -85,7 +102,7 @@ def test_a_forced_backend_that_cannot_run_raises_the_tables_install_hint(backend
         resolve_backend(device, backend.name, dtype=torch.float32)
     message = str(raised.value)
     assert message.startswith(f"Selective-scan backend '{backend.name}' was forced but {backend.name} pretends to "
-                              f"be missing. {backend.install_hint}, or set {ENV_VAR}=torch")
+                              f"be missing. {backend.install_hint}, or set {SCAN_ENV_VAR}=torch")
 
 
 def test_auto_takes_the_first_backend_of_the_table_that_can_run(statuses):
@@ -106,10 +123,10 @@ def test_a_kernel_without_its_device_is_reported_unavailable(monkeypatch, status
 
 
 def test_scan_backend_override_is_scoped_and_leaves_the_environment_alone(monkeypatch):
-    monkeypatch.setenv(ENV_VAR, "auto")
+    monkeypatch.setenv(SCAN_ENV_VAR, "auto")
     seen_by_another_thread = []
     with scan_backend_override("torch"):
-        assert os.environ[ENV_VAR] == "auto"
+        assert os.environ[SCAN_ENV_VAR] == "auto"
         assert requested_backend() == "torch"
         assert requested_backend("auto") == "auto"  # the argument still wins
         with scan_backend_override("cuda"):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_mamba.ops import (ENV_VAR, available_backends, numba_status, resolve_backend, scan_numba,
+from nnunet_mamba.ops import (SCAN_ENV_VAR, available_backends, numba_status, resolve_backend, scan_numba,
                               selective_scan, selective_scan_ref)
 from support import INPUT_NAMES, assert_close, make_inputs, run_with_grads
 
@@ -33,20 +33,20 @@ def numba_missing(monkeypatch):
 @requires_numba
 @pytest.mark.parametrize("dtype", [None, torch.float32, torch.float64])
 def test_auto_picks_numba_for_cpu_tensors(dtype, monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.delenv(SCAN_ENV_VAR, raising=False)
     assert resolve_backend(torch.device("cpu"), dtype=dtype) == "numba"
     assert resolve_backend(torch.device("cpu"), "auto", dtype=dtype) == "numba"
     assert available_backends()["numba"] == ""
 
 
 def test_auto_never_picks_numba_for_gpu_tensors(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.delenv(SCAN_ENV_VAR, raising=False)
     assert resolve_backend(torch.device("cuda", 0)) in ("cuda", "torch")
     assert resolve_backend(torch.device("meta")) == "torch"
 
 
 def test_auto_falls_back_to_torch_without_numba(numba_missing, monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.delenv(SCAN_ENV_VAR, raising=False)
     assert resolve_backend(torch.device("cpu")) == "torch"
     assert "No module named 'numba'" in available_backends()["numba"]
     inputs = make_inputs(1, 4, 4, 10, 2)
@@ -59,7 +59,7 @@ def test_forcing_numba_without_numba_explains_how_to_fix(numba_missing, monkeypa
     with pytest.raises(RuntimeError, match=r"(?s)'numba' was forced.*No module named 'numba'.*pip install numba"
                                            r".*NNUNET_MAMBA_SCAN=torch"):
         selective_scan(**inputs, backend="numba")
-    monkeypatch.setenv(ENV_VAR, "numba")
+    monkeypatch.setenv(SCAN_ENV_VAR, "numba")
     with pytest.raises(RuntimeError, match="No module named 'numba'"):
         selective_scan(**inputs)
 

@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from nnunet_mamba.ops import ENV_VAR, numba_status, resolve_backend, selective_scan, selective_scan_ref
+from nnunet_mamba.ops import SCAN_ENV_VAR, numba_status, resolve_backend, selective_scan, selective_scan_ref
 from nnunet_mamba.ops import scan_cuda
 from nnunet_mamba.ops import scan_torch
 from support import INPUT_NAMES, assert_close, huge_step_inputs, make_inputs, run_with_grads
@@ -113,18 +113,18 @@ def test_env_var_selects_backend(monkeypatch):
     inputs = make_inputs(1, 4, 4, 10, 1)
     expected = selective_scan_ref(**inputs, delta_softplus=True)
     for value in ("torch", "auto", "AUTO", " torch ") + (("numba", " Numba ") if numba_status()[0] else ()):
-        monkeypatch.setenv(ENV_VAR, value)
+        monkeypatch.setenv(SCAN_ENV_VAR, value)
         torch.testing.assert_close(selective_scan(**inputs, delta_softplus=True), expected, rtol=1e-5, atol=1e-5)
-    monkeypatch.delenv(ENV_VAR)
+    monkeypatch.delenv(SCAN_ENV_VAR)
     torch.testing.assert_close(selective_scan(**inputs, delta_softplus=True), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_forcing_cuda_on_cpu_tensors_explains_how_to_fix(monkeypatch):
     inputs = make_inputs(1, 4, 4, 10, 1)
-    monkeypatch.setenv(ENV_VAR, "cuda")
+    monkeypatch.setenv(SCAN_ENV_VAR, "cuda")
     with pytest.raises(RuntimeError, match=r"(?s)cuda.*cpu.*NNUNET_MAMBA_SCAN=torch"):
         selective_scan(**inputs)
-    monkeypatch.delenv(ENV_VAR)
+    monkeypatch.delenv(SCAN_ENV_VAR)
     with pytest.raises(RuntimeError, match="NNUNET_MAMBA_SCAN=torch"):
         selective_scan(**inputs, backend="cuda")
 
@@ -227,7 +227,7 @@ def test_selective_scan_resolves_the_backend_for_its_compute_dtype(monkeypatch, 
 
 def test_bad_env_var_value_is_rejected(monkeypatch):
     inputs = make_inputs(1, 4, 4, 10, 1)
-    monkeypatch.setenv(ENV_VAR, "fastest")
+    monkeypatch.setenv(SCAN_ENV_VAR, "fastest")
     with pytest.raises(ValueError, match=r"NNUNET_MAMBA_SCAN.*auto, cuda, triton, numba, torch"):
         selective_scan(**inputs)
     with pytest.raises(ValueError, match="auto, cuda, triton, numba, torch"):
@@ -415,7 +415,7 @@ def test_benchmark_scan_refuses_lengths_below_one(length, capsys):
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "disagree" not in err
-    assert err.splitlines()[-1] == (f"nnunet-mamba benchmark: error: argument --lengths: {length} is no sequence "
+    assert err.splitlines()[-1] == (f"nnunet-mamba benchmark scan: error: argument --lengths: {length} is no sequence "
                                     f"length: give lengths L >= 1, e.g. 1024 4096")
     with pytest.raises(ValueError, match=rf"^scan lengths must be at least 1, got \[{length}\]$"):
         run_scan_benchmark(lengths=(64, int(length)), verbose=False)

@@ -73,8 +73,8 @@ def _record(seen, key, value):
 
 def _small(name, patch, channels=2, classes=3, **kwargs):
     torch.manual_seed(0)
-    return build_network(name, synthetic_configuration(patch), channels, classes, True,
-                         **{**get_network(name).small_overrides, **kwargs})
+    return build_network(get_network(name).small_instance, synthetic_configuration(patch), channels, classes, True,
+                         **kwargs)
 
 
 def test_swin_umamba_skips_come_from_the_input_the_stem_and_three_stages():
@@ -130,7 +130,7 @@ def test_3d_variant_takes_per_axis_strides_from_an_anisotropic_plan_and_pads_odd
     configuration = synthetic_configuration((16, 64, 64), spacing=(3.0, 1.0, 1.0))
     for name, first_strides in (("swin_umamba", [(1, 2, 2), (2, 2, 2)]), ("swin_umamba_d", [(2, 4, 4)])):
         torch.manual_seed(0)
-        network = build_network(name, configuration, 1, 2, True, **get_network(name).small_overrides)
+        network = build_network(get_network(name).small_instance, configuration, 1, 2, True)
         assert network.spatial_dims == 3 and network.strides[:len(first_strides)] == first_strides
         assert all(block.ssm.num_directions == 6 for stage in network.encoder.stages for block in stage)
         with torch.no_grad():
@@ -138,7 +138,7 @@ def test_3d_variant_takes_per_axis_strides_from_an_anisotropic_plan_and_pads_odd
         assert tuple(outputs[0].shape) == (1, 2, 15, 60, 62)
         for output, scale in zip(outputs[1:], network.deep_supervision_scales()[1:]):
             assert tuple(output.shape[2:]) == tuple(max(1, round(s * f)) for s, f in zip((15, 60, 62), scale))
-    stem = build_network("swin_umamba", configuration, 1, 2, False, **get_network("swin_umamba").small_overrides).stem
+    stem = build_network("swin_umamba_small", configuration, 1, 2, False).stem
     assert stem.conv.kernel_size == (3, 7, 7)  # 7 along the axes it downsamples
 
 

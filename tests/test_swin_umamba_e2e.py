@@ -29,7 +29,7 @@ DAGGER_TRAINER = "nnUNetTrainerSwinUMambaDTest"
 
 @pytest.fixture(scope="module")
 def small_vmamba_file(tmp_path_factory):
-    overrides = get_network("swin_umamba").small_overrides
+    overrides = get_network(get_network("swin_umamba").small_instance).default_args
     state = synthetic_vmamba_v0(embed_dim=overrides["embed_dim"], depths=overrides["encoder_depths"])
     path = tmp_path_factory.mktemp("vmamba") / "vssmtiny_dp01_ckpt_epoch_292.pth"
     torch.save({"model": state}, path)
@@ -50,7 +50,7 @@ def _equals_checkpoint(encoder_state, vmamba_file):
     vmamba = torch.load(vmamba_file, weights_only=True)["model"]
     pairs = [(value.cpu(), vmamba[SwinUMamba.vmamba_v0_counterpart(key)[0]]) for key, value in encoder_state.items()]
     pairs = [(ours, theirs) for ours, theirs in pairs if ours.shape == theirs.shape]
-    assert len(pairs) >= 13 * len(get_network("swin_umamba").small_overrides["encoder_depths"])
+    assert len(pairs) >= 13 * len(get_network("swin_umamba_small").default_args["encoder_depths"])
     return all(torch.equal(ours, theirs) for ours, theirs in pairs)
 
 

@@ -33,7 +33,7 @@ from nnunet_mamba.distributed import (
     ddp_follows_module_device,
     preprocessed_data_problem,
 )
-from nnunet_mamba.training.trainer_base import TRAINING_MODULES_KEY
+from nnunet_mamba.training.training_modules import TRAINING_MODULES_KEY
 
 TRAINER = "nnUNetTrainerDSVMUNetTorchrunTest"  # tests/ext_trainers/nnUNetTrainerTorchrunTest.py
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -258,11 +258,14 @@ def test_ddp_wrappers_of_the_trainer_code_take_the_device_of_the_module(tmp_path
     import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer_module
 
     import nnunet_mamba.training.trainer_base as trainer_base
+    import nnunet_mamba.training.training_modules as training_modules
     from nnunet_mamba.training import DualSelfDistillationTrainer
 
     with ddp_follows_module_device(DualSelfDistillationTrainer):
-        # nnU-Net's module (the network) and our base's (training-only modules), found through the trainer's MRO
+        # nnU-Net's module (the network), our base's (the network rewrapped) and its training-only modules' mixin,
+        # found through the trainer's MRO
         assert nnunet_trainer_module.DDP is ModuleDeviceDDP and trainer_base.DistributedDataParallel is ModuleDeviceDDP
+        assert training_modules.DistributedDataParallel is ModuleDeviceDDP
         dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
         try:
             # what nnU-Net passes on rank 3: a GPU index, for a module on the CPU
@@ -272,3 +275,4 @@ def test_ddp_wrappers_of_the_trainer_code_take_the_device_of_the_module(tmp_path
             dist.destroy_process_group()
     assert nnunet_trainer_module.DDP is DistributedDataParallel
     assert trainer_base.DistributedDataParallel is DistributedDataParallel
+    assert training_modules.DistributedDataParallel is DistributedDataParallel

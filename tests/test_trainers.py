@@ -8,7 +8,8 @@ from nnunet_mamba.benchmarks.flops import count_flops
 from nnunet_mamba.discovery import load_trainer
 from nnunet_mamba.distillation import LevelFeatureTap
 from nnunet_mamba.training.self_distillation import TERM_NAMES
-from nnunet_mamba.training.trainer_base import PRETRAINED_ENV_VAR, TRAINING_MODULES_KEY
+from nnunet_mamba.training.trainer_base import PRETRAINED_ENV_VAR
+from nnunet_mamba.training.training_modules import TRAINING_MODULES_KEY
 
 pytestmark = pytest.mark.slow
 

@@ -247,7 +247,8 @@ def test_single_output_contract_and_memory_estimates():
     net.decoder.deep_supervision = True  # nnU-Net writes this after its final validation
     assert net.decoder.deep_supervision is False
     assert net.key_to_stem == "encoder.stages.0" and net.keys_to_in_proj == ("encoder.stages.0",)
-    assert get_network("ultralbm_unet").small_overrides == {} == get_network("ultralbm_unet_t").small_overrides
+    assert [get_network(name).small_instance for name in ("ultralbm_unet", "ultralbm_unet_t")] == [
+        "ultralbm_unet", "ultralbm_unet_t"]  # small already: their own small instances
     student = build_network("ultralbm_unet_t", synthetic_configuration((64, 64)), 1, 2, False)
     for patch in ([64, 64], [256, 256]):
         assert net.compute_conv_feature_map_size(patch) > student.compute_conv_feature_map_size(patch)

@@ -21,7 +21,7 @@ class nnUNetTrainerLightMUNetV0(nnUNetTrainerLightMUNet):
 
     The paper's complexity figures were counted on this network."""
 
-    network_overrides = {"variant": "v0"}
+    network_name = "light_m_unet_v0"
 
 
 class nnUNetTrainerLightMUNetQuick(QuickCPURun, nnUNetTrainerLightMUNet):

@@ -69,7 +69,7 @@ class nnUNetTrainerSwinUMambaDScratch(SwinUMambaFromScratch, nnUNetTrainerSwinUM
 class nnUNetTrainerSwinUMambaDAdaptedEmbedding(nnUNetTrainerSwinUMambaD):
     """Ours: Swin-UMamba-dagger whose non-RGB input starts from VMamba's RGB embedding kernel, adapted."""
 
-    network_overrides = {"adapt_rgb_embedding": True}
+    network_name = "swin_umamba_d_adapted_embedding"
 
 
 class nnUNetTrainerSwinUMambaQuick(QuickCPURun, nnUNetTrainerSwinUMamba):

@@ -10,12 +10,10 @@ the teacher first, then the student of the same fold:
         nnUNetv2_train DATASET 2d 0 -tr nnUNetTrainerUltraLBMUNetT
 
 Two reversed passes of GLMBP's shared Mamba: the default trainers flip the token sequence (the paper's Eq. 3,
-bidirectional); the ``...ChannelFlip`` trainers flip the channel axis, forward-only, as the official code does.
+bidirectional); the ``...ChannelFlip`` trainers flip the channel axis, forward-only, as the official code does
+(the registered variants ``ultralbm_unet_channel_flip`` and ``ultralbm_unet_t_channel_flip``).
 """
 from nnunet_mamba.training import HybridDistillationTrainer, MambaTrainerBase, QuickCPURun, UltraLBMProtocol
-
-#: the official code's reversed pass (see nnunet_mamba.architectures.ultralbm_unet)
-OFFICIAL_CHANNEL_FLIP = {"reverse": "channel"}
 
 
 class nnUNetTrainerUltraLBMUNet(UltraLBMProtocol, MambaTrainerBase):
@@ -27,7 +25,7 @@ class nnUNetTrainerUltraLBMUNet(UltraLBMProtocol, MambaTrainerBase):
 class nnUNetTrainerUltraLBMUNetChannelFlip(nnUNetTrainerUltraLBMUNet):
     """Official optimisation and network: UltraLBM-UNet with the code's channel flip; teacher of ...TChannelFlip."""
 
-    network_overrides = OFFICIAL_CHANNEL_FLIP
+    network_name = "ultralbm_unet_channel_flip"
 
 
 class nnUNetTrainerUltraLBMUNetAMP(nnUNetTrainerUltraLBMUNet):
@@ -45,7 +43,7 @@ class nnUNetTrainerUltraLBMUNetTNoKD(UltraLBMProtocol, MambaTrainerBase):
 class nnUNetTrainerUltraLBMUNetTNoKDChannelFlip(nnUNetTrainerUltraLBMUNetTNoKD):
     """Official optimisation and network: UltraLBM-UNet-T alone with the code's forward-only channel flip."""
 
-    network_overrides = OFFICIAL_CHANNEL_FLIP
+    network_name = "ultralbm_unet_t_channel_flip"
 
 
 class nnUNetTrainerUltraLBMUNetTNoKDAMP(nnUNetTrainerUltraLBMUNetTNoKD):
@@ -63,7 +61,7 @@ class nnUNetTrainerUltraLBMUNetT(UltraLBMProtocol, HybridDistillationTrainer):
 class nnUNetTrainerUltraLBMUNetTChannelFlip(nnUNetTrainerUltraLBMUNetT):
     """Official distillation and network: UltraLBM-UNet-T, channel flip (teacher: ...UltraLBMUNetChannelFlip)."""
 
-    network_overrides = OFFICIAL_CHANNEL_FLIP
+    network_name = "ultralbm_unet_t_channel_flip"
 
 
 class nnUNetTrainerUltraLBMUNetTAMP(nnUNetTrainerUltraLBMUNetT):

@@ -18,7 +18,10 @@ A network is a plain ``nn.Module`` that knows nothing of trainers. nnU-Net and o
 * ``compute_conv_feature_map_size(input_size)``: activation elements of one forward pass, what
   nnU-Net's planners budget memory with.
 * ``from_plan(configuration_manager, num_input_channels, num_output_channels, deep_supervision,
-  **overrides)``: the network for one plan configuration; the registry (``build_network``) calls it.
+  **overrides)``: the network for one plan configuration; the registry (``build_network``) calls it. The base
+  class's reads ``pools_per_level`` (and ``plan_arguments`` for more plan entries).
+* ``forward_padded(x)``: the body; the base class's ``forward`` pads the input to the total stride and crops the
+  logits back.
 * ``key_to_encoder``, ``key_to_stem``, ``keys_to_in_proj`` (dynamic-network-architectures' keys for
   nnU-Net's pretrained-weight transfer).
 
@@ -38,8 +41,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from dynamic_network_architectures.architectures.abstract_arch import AbstractDynamicNetworkArchitectures
-from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim, convert_dim_to_conv_op
 from torch import nn
+
+from nnunet_mamba.architectures.plans import strides_from_plan
 
 
 class PretrainedNotSupported(NotImplementedError):
@@ -49,8 +54,9 @@ class PretrainedNotSupported(NotImplementedError):
 class SegmentationNetwork(AbstractDynamicNetworkArchitectures):
     """Base class of our networks: the shared parts of the contract (see the module docstring).
 
-    Subclasses set ``conv_op`` (decides 2D/3D), ``strides`` (per level, per axis; level 0 is the stem) and
-    build ``decoder`` with ``deep_supervision`` and ``seg_layers``.
+    Subclasses set ``conv_op`` (decides 2D/3D), ``strides`` (per level, per axis; level 0 is the stem),
+    ``pools_per_level`` (how plan poolings group into those strides), build ``decoder`` with ``deep_supervision``
+    and ``seg_layers``, and write ``forward_padded``.
     """
 
     #: registry name, set by ``register_network``
@@ -60,6 +66,9 @@ class SegmentationNetwork(AbstractDynamicNetworkArchitectures):
     #: renames of state-dict key prefixes used by earlier versions of the network, old -> new; applied
     #: whenever a state dict is loaded, so older checkpoints keep loading (prediction, --c)
     legacy_key_prefixes: dict[str, str] = {}
+    #: plan poolings per level, level 0 first: a level's stride is the product of its poolings (``strides`` of
+    #: the constructor, see :func:`~nnunet_mamba.architectures.plans.strides_from_plan`)
+    pools_per_level: tuple[int, ...] = ()
 
     def __init__(self, conv_op: type[nn.Module]):
         super().__init__()
@@ -75,7 +84,30 @@ class SegmentationNetwork(AbstractDynamicNetworkArchitectures):
     @classmethod
     def from_plan(cls, configuration_manager, num_input_channels: int, num_output_channels: int,
                   deep_supervision: bool, **overrides) -> "SegmentationNetwork":
-        raise NotImplementedError(f"{cls.__name__} must implement from_plan")
+        """The network for one plan configuration: ``conv_op`` from its dimensionality, ``input_shape`` its patch,
+        ``strides`` its poolings grouped by :meth:`plan_pools_per_level` (a network adds plan entries in
+        :meth:`plan_arguments`); ``overrides`` replace any constructor argument."""
+        cls.check_deep_supervision_request(deep_supervision)
+        kwargs = cls.plan_arguments(configuration_manager, overrides) | overrides
+        return cls(num_input_channels, num_output_channels, deep_supervision=deep_supervision, **kwargs)
+
+    @classmethod
+    def plan_pools_per_level(cls, overrides: dict) -> tuple[int, ...]:
+        """Plan poolings per level of the network built with ``overrides`` (:attr:`pools_per_level` unless the
+        number of levels is a constructor argument)."""
+        return cls.pools_per_level
+
+    @classmethod
+    def plan_arguments(cls, configuration_manager, overrides: dict) -> dict:
+        """Constructor arguments read from the plan configuration."""
+        input_shape = [int(p) for p in configuration_manager.patch_size]
+        spatial_dims = len(input_shape)
+        return {
+            "conv_op": convert_dim_to_conv_op(spatial_dims),
+            "input_shape": input_shape,
+            "strides": strides_from_plan(configuration_manager.pool_op_kernel_sizes, spatial_dims,
+                                         cls.plan_pools_per_level(overrides)),
+        }
 
     # --- strides and padding ------------------------------------------------------------------------------
 
@@ -127,6 +159,19 @@ class SegmentationNetwork(AbstractDynamicNetworkArchitectures):
             size = [max(1, round(s * f)) for s, f in zip(spatial, scale)]
             cropped.append(out[(..., *(slice(0, s) for s in size))])
         return cropped
+
+    # --- forward -------------------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor):
+        """Pad to a multiple of the total stride, run :meth:`forward_padded`, crop the logits back."""
+        spatial = x.shape[2:]
+        padded = self.pad_to_total_stride(x)
+        outputs = self.forward_padded(padded)
+        return outputs if padded.shape == x.shape else self.crop_outputs(outputs, spatial)
+
+    def forward_padded(self, x: torch.Tensor):
+        """The logits (a list with deep supervision) of an input whose size is a multiple of the total stride."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward_padded")
 
     # --- deep supervision ---------------------------------------------------------------------------------
 

@@ -14,8 +14,8 @@ encoder convolution replaced by a Residual Vision Mamba (RVM) layer:
 
 21 RVM layers, 5,011,765 parameters in 2D (3 input channels, 2 classes) and 5,015,766 in 3D (1 channel, 3 classes),
 85 % of them inside the Mamba blocks. ``variant="v0"`` is the first upload (36411aa): a full 3^d conv stem, MONAI
-``ResBlock`` decoder blocks (two 3^d convs) and a full 1^d conv head; 5,375,991 / 6,150,168 parameters. The
-paper's 1.09 M / 1.87 M are ``thop`` counts of v0 that miss every Mamba parameter (see
+``ResBlock`` decoder blocks (two 3^d convs) and a full 1^d conv head; 5,375,991 / 6,150,168 parameters; registered
+as ``light_m_unet_v0``. The paper's 1.09 M / 1.87 M are ``thop`` counts of v0 that miss every Mamba parameter (see
 :mod:`nnunet_mamba.benchmarks.flops`, protocol ``thop``).
 
 For nnU-Net, each of the three down-samplings takes one pooling stride of the plan per axis (anisotropic plans
@@ -28,12 +28,11 @@ import math
 from typing import Sequence
 
 import torch
-from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim, convert_dim_to_conv_op
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 from torch import nn
 
 from nnunet_mamba.architectures.base import NoDeepSupervisionDecoder, SegmentationNetwork
-from nnunet_mamba.architectures.plans import strides_from_plan
-from nnunet_mamba.architectures.registry import register_network
+from nnunet_mamba.architectures.registry import register_network, register_variant
 from nnunet_mamba.blocks.layer_norm import layer_norm_saved_elements
 from nnunet_mamba.blocks.mamba import Mamba
 
@@ -219,7 +218,7 @@ class LightMUNetDecoder(NoDeepSupervisionDecoder):
 
 @register_network("light_m_unet", dims=(2, 3),
                   description="LightM-UNet (Liao et al. 2024): Mamba encoder (RVM layers), light conv decoder",
-                  small_overrides={"init_filters": 16, "blocks_down": (1, 1, 1, 1)})
+                  small={"init_filters": 16, "blocks_down": (1, 1, 1, 1)})
 class LightMUNet(SegmentationNetwork):
     """LightM-UNet for 2D (``conv_op=nn.Conv2d``) and 3D (``conv_op=nn.Conv3d``) inputs; one output, no deep
     supervision.
@@ -292,26 +291,13 @@ class LightMUNet(SegmentationNetwork):
         self.keys_to_in_proj = ("encoder.stem",) if variant == "v0" else ("encoder.stem.0",)
 
     @classmethod
-    def from_plan(cls, configuration_manager, num_input_channels: int, num_output_channels: int,
-                  deep_supervision: bool, **overrides) -> "LightMUNet":
-        """One plan pooling stride per down-sampling (stride 1 where the plan pools fewer times)."""
-        cls.check_deep_supervision_request(deep_supervision)
-        input_shape = [int(p) for p in configuration_manager.patch_size]
-        spatial_dims = len(input_shape)
-        levels = len(overrides.get("blocks_down", DEFAULT_BLOCKS_DOWN))
-        kwargs = {
-            "conv_op": convert_dim_to_conv_op(spatial_dims),
-            "input_shape": input_shape,
-            "strides": strides_from_plan(configuration_manager.pool_op_kernel_sizes, spatial_dims,
-                                         (1,) * (levels - 1)),
-        } | overrides
-        return cls(num_input_channels, num_output_channels, deep_supervision=deep_supervision, **kwargs)
+    def plan_pools_per_level(cls, overrides: dict) -> tuple[int, ...]:
+        """One plan pooling per down-sampling (stride 1 where the plan pools fewer times); as many down-samplings
+        as ``blocks_down`` has levels after the first."""
+        return (1,) * (len(overrides.get("blocks_down", DEFAULT_BLOCKS_DOWN)) - 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spatial = x.shape[2:]
-        padded = self.pad_to_total_stride(x)
-        logits = self.decoder(self.encoder(padded))
-        return logits if padded.shape == x.shape else self.crop_outputs(logits, spatial)
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Activation elements one training forward pass of one sample saves for backward.
@@ -324,3 +310,7 @@ class LightMUNet(SegmentationNetwork):
         return int(self.encoder.compute_conv_feature_map_size(grids)
                    + self.decoder.compute_conv_feature_map_size(grids))
 
+
+register_variant("light_m_unet_v0", of="light_m_unet", args={"variant": "v0"},
+                 description="LightM-UNet's first upload (36411aa; full-conv stem, ResBlock decoder, 1x1 head), on "
+                             "which the paper's complexity figures were counted")

@@ -1,13 +1,14 @@
-"""One registry of networks (timm's pattern): ``@register_network`` on the class, ``build_network`` to build.
+"""One registry of networks (timm's pattern): ``@register_network`` on the class, ``register_variant`` for a name
+that builds it with other default arguments (timm's builder functions), ``build_network`` to build.
 
-``build_network`` is the only way anything builds a network: trainers from their plan, benchmarks and the
-FLOP command from :func:`synthetic_configuration`. A network module registers itself on import; the modules
-are listed once, in :data:`NETWORK_MODULES`.
+``build_network`` is the only way anything builds a network: trainers from their plan; the planner, benchmarks
+and the FLOP command from a :class:`~nnunet_mamba.architectures.plans.PlanTopology`. A network module registers
+itself on import; the modules are listed once, in :data:`NETWORK_MODULES`.
 """
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 #: modules that define registered networks; importing one registers its networks
@@ -17,35 +18,67 @@ NETWORK_MODULES = ("nnunet_mamba.architectures.vm_unet", "nnunet_mamba.architect
 
 @dataclass(frozen=True)
 class RegisteredNetwork:
+    """One name ``build_network`` takes: a network class and the constructor arguments that name stands for."""
+
     name: str
     network_class: type
     dims: tuple[int, ...]
     description: str
-    #: constructor arguments of a small instance: the minutes-long CPU runs (demo, tests) and smoke tests
-    small_overrides: dict
+    #: constructor arguments the name builds with (in place of the class defaults; a caller's overrides and
+    #: nothing else replace them); empty for a network's own name
+    default_args: dict = field(default_factory=dict)
+    #: the registered name this one is a variant of; None for a network's own name (its class's registration)
+    variant_of: str | None = None
+    #: the registered name of the small instance, for minutes-long CPU runs (quick trainers, demo, tests); the name
+    #: itself where no smaller one is registered (a variant, or a network that is small already)
+    small_instance: str = ""
 
 
 _REGISTRY: dict[str, RegisteredNetwork] = {}
+#: suffix of the small instance a network registers with ``register_network(..., small=...)``
+SMALL_SUFFIX = "_small"
 
 
-def register_network(name: str, dims: Sequence[int] = (2, 3), description: str = "",
-                     small_overrides: dict | None = None):
+def _add(entry: RegisteredNetwork) -> RegisteredNetwork:
+    known = _REGISTRY.get(entry.name)
+    if known is not None and known != entry:
+        raise ValueError(f"network name {entry.name!r} is registered twice: {known.network_class.__name__} "
+                         f"{known.default_args or ''} and {entry.network_class.__name__} {entry.default_args or ''}")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def register_network(name: str, dims: Sequence[int] = (2, 3), description: str = "", small: dict | None = None):
     """Class decorator: make the network buildable by ``name`` for the given spatial dimensionalities.
 
-    ``small_overrides``: constructor arguments for a small instance that still learns in a few hundred CPU
-    iterations (used by the quick trainers and the contract tests).
+    ``small``: constructor arguments of a small instance that still learns in a few hundred CPU iterations,
+    registered as the variant ``<name>_small`` (what the quick trainers and the contract tests build). A network
+    that is small already registers none.
     """
     def register(network_class: type) -> type:
-        if name in _REGISTRY and _REGISTRY[name].network_class is not network_class:
-            raise ValueError(f"network name {name!r} is registered twice: {_REGISTRY[name].network_class.__name__} "
-                             f"and {network_class.__name__}")
         if not hasattr(network_class, "from_plan"):
             raise TypeError(f"{network_class.__name__} has no from_plan classmethod: see docs/adding-a-network.md")
-        network_class.network_name = name
         summary = description or (network_class.__doc__ or "").strip().split("\n")[0]
-        _REGISTRY[name] = RegisteredNetwork(name, network_class, tuple(dims), summary, dict(small_overrides or {}))
+        small_name = name + SMALL_SUFFIX if small else name
+        _add(RegisteredNetwork(name, network_class, tuple(dims), summary, small_instance=small_name))
+        network_class.network_name = name
+        if small:
+            arguments = ", ".join(f"{key}={value}" for key, value in small.items())
+            register_variant(small_name, of=name, args=small,
+                             description=f"{name}, small for minutes-long CPU runs and tests ({arguments})")
         return network_class
     return register
+
+
+def register_variant(name: str, of: str, args: dict, description: str) -> RegisteredNetwork:
+    """Register ``name``: the registered network (or variant) ``of`` built with the constructor arguments ``args``
+    (over those of ``of``), as timm registers a builder function with its default arguments. It can be planned for,
+    trained (a trainer's ``network_name``), listed and counted like any network."""
+    base = _REGISTRY.get(of)
+    if base is None:
+        raise KeyError(f"variant {name!r} of {of!r}: {of!r} is not registered (register the network first)")
+    return _add(RegisteredNetwork(name, base.network_class, base.dims, description, {**base.default_args, **args},
+                                  variant_of=of, small_instance=name))
 
 
 def _import_network_modules() -> None:
@@ -53,17 +86,19 @@ def _import_network_modules() -> None:
         importlib.import_module(module)
 
 
-def registered_networks() -> dict[str, RegisteredNetwork]:
-    """Name -> registration of every network, in registration order."""
+def registered_networks(variants: bool = False) -> dict[str, RegisteredNetwork]:
+    """Name -> registration of every network (a class's own name), in registration order; with ``variants``
+    every name ``build_network`` takes (the variants and small instances too)."""
     _import_network_modules()
-    return dict(_REGISTRY)
+    return {name: entry for name, entry in _REGISTRY.items() if variants or entry.variant_of is None}
 
 
 def get_network(name: str) -> RegisteredNetwork:
-    networks = registered_networks()
-    if name not in networks:
-        raise KeyError(f"unknown network {name!r}; known: {', '.join(sorted(networks))}")
-    return networks[name]
+    """The registration of ``name``, a network or a variant."""
+    names = registered_networks(variants=True)
+    if name not in names:
+        raise KeyError(f"unknown network {name!r}; known: {', '.join(sorted(names))}")
+    return names[name]
 
 
 def require_supported_dims(name: str, patch_size: Sequence[int],
@@ -83,42 +118,15 @@ def require_supported_dims(name: str, patch_size: Sequence[int],
 
 def build_network(name: str, configuration_manager, num_input_channels: int, num_output_channels: int,
                   deep_supervision: bool, configuration_name: str | None = None, **overrides):
-    """Network ``name`` for one plan configuration; ``overrides`` replace constructor arguments.
+    """Network ``name`` (a network or a variant) for one plan configuration; ``overrides`` replace constructor
+    arguments, the variant's included.
 
     ``configuration_manager`` is nnU-Net's ``ConfigurationManager`` or anything with ``patch_size`` and
-    ``pool_op_kernel_sizes`` (see :func:`synthetic_configuration`).
+    ``pool_op_kernel_sizes`` (see :class:`~nnunet_mamba.architectures.plans.PlanTopology`).
     """
     entry = require_supported_dims(name, configuration_manager.patch_size, configuration_name)
     for label, value in (("input channels", num_input_channels), ("output channels", num_output_channels)):
         if int(value) < 1:
             raise ValueError(f"{name}: the number of {label} must be >= 1, got {value}")
     return entry.network_class.from_plan(configuration_manager, int(num_input_channels), int(num_output_channels),
-                                         bool(deep_supervision), **overrides)
-
-
-@dataclass(frozen=True)
-class SyntheticConfiguration:
-    """The plan entries networks are built from, for building outside a planned dataset."""
-
-    patch_size: tuple[int, ...]
-    pool_op_kernel_sizes: tuple[tuple[int, ...], ...]
-    conv_kernel_sizes: tuple[tuple[int, ...], ...]
-    spacing: tuple[float, ...]
-
-
-def synthetic_configuration(patch_size: Sequence[int], spacing: Sequence[float] | None = None) -> SyntheticConfiguration:
-    """The poolings nnU-Net's default planner gives ``patch_size`` (isotropic spacing unless given).
-
-    Uses the planner's own topology function, so a network built from it and nnU-Net's default UNet built from it
-    share one plan (benchmarks compare them so). Like the planner, it may enlarge the patch to a multiple of the
-    total pooling.
-    """
-    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
-
-    patch = [int(p) for p in patch_size]
-    if len(patch) not in (2, 3) or any(p < 1 for p in patch):
-        raise ValueError(f"patch size must be 2 or 3 positive numbers, got {list(patch_size)}")
-    spacing = [1.0] * len(patch) if spacing is None else [float(v) for v in spacing]
-    _, pools, kernels, planned_patch, _ = get_pool_and_conv_props(spacing, patch, 4, 999999)
-    return SyntheticConfiguration(tuple(int(p) for p in planned_patch), tuple(tuple(int(v) for v in s) for s in pools),
-                                  tuple(tuple(int(v) for v in k) for k in kernels), tuple(spacing))
+                                         bool(deep_supervision), **{**entry.default_args, **overrides})

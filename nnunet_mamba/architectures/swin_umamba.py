@@ -42,20 +42,21 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from dynamic_network_architectures.building_blocks.helper import (
-    convert_dim_to_conv_op,
-    get_matching_convtransp,
-    get_matching_instancenorm,
-)
+from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp, get_matching_instancenorm
 from dynamic_network_architectures.building_blocks.residual import BasicBlockD
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
 from nnunet_mamba.architectures.base import SegmentationNetwork
-from nnunet_mamba.architectures.plans import strides_from_plan
-from nnunet_mamba.architectures.registry import register_network
-from nnunet_mamba.architectures.vm_unet import VMUNet, _stage_drop_paths
-from nnunet_mamba.blocks import PatchEmbedding, PatchExpanding, PatchMerging, VSSStage
+from nnunet_mamba.architectures.registry import register_network, register_variant
+from nnunet_mamba.blocks import (
+    PatchEmbedding,
+    PatchExpanding,
+    PatchMerging,
+    VSSStage,
+    init_vmamba_weights,
+    stage_drop_paths,
+)
 from nnunet_mamba.pretrained.vmamba import (
     COPY,
     VMAMBA_INPUT_CHANNELS,
@@ -132,13 +133,13 @@ class VSSEncoder(nn.Module):
                  strides: Sequence[Sequence[int]], conv_op: type[nn.Module], spatial_dims: int,
                  drop_path_rate: float, d_state: int):
         super().__init__()
-        drop_paths = _stage_drop_paths(depths, drop_path_rate)
+        drop_paths = stage_drop_paths(depths, drop_path_rate)
         self.patch_embed = PatchEmbedding(in_channels, dims[0], strides[0], conv_op)
         self.stages = nn.ModuleList(
             VSSStage(dims[i], depths[i], spatial_dims, drop_paths[i], d_state) for i in range(NUM_STAGES))
         self.downsamples = nn.ModuleList(
             PatchMerging(dims[i], dims[i + 1], strides[i + 1]) for i in range(NUM_STAGES - 1))
-        VMUNet.init_weights(self)  # VMamba's: truncated normal linear layers, unit norms
+        init_vmamba_weights(self)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.patch_embed(x)
@@ -180,22 +181,6 @@ def _check_widths(name: str, embed_dim: int, depths: Sequence[int], strides: Seq
 class _SwinUMambaBase(SegmentationNetwork):
     """What both networks share: per-axis strides from the plan, the deep-supervision grid, ImageNet loading."""
 
-    #: plan poolings per network level
-    POOLS_PER_LEVEL: tuple[int, ...] = ()
-
-    @classmethod
-    def from_plan(cls, configuration_manager, num_input_channels: int, num_output_channels: int,
-                  deep_supervision: bool, **overrides):
-        input_shape = [int(p) for p in configuration_manager.patch_size]
-        spatial_dims = len(input_shape)
-        kwargs = {
-            "conv_op": convert_dim_to_conv_op(spatial_dims),
-            "input_shape": input_shape,
-            "strides": strides_from_plan(configuration_manager.pool_op_kernel_sizes, spatial_dims,
-                                         cls.POOLS_PER_LEVEL),
-        } | overrides
-        return cls(num_input_channels, num_output_channels, deep_supervision=deep_supervision, **kwargs)
-
     def deep_supervision_scales(self) -> list[list[float]]:
         """Output 0 at full resolution, output i on the grid after the first i strides (the base class's default
         is i + 1): Swin-UMamba 1, 1/2, 1/4, 1/8; dagger 1, 1/4, 1/8, 1/16."""
@@ -220,15 +205,12 @@ class _SwinUMambaBase(SegmentationNetwork):
             # InstanceNorm refuses an empty batch: shape the outputs on one blank sample instead
             outputs = self.forward(x.new_zeros(1, *x.shape[1:]))
             return [o[:0] for o in outputs] if isinstance(outputs, list) else outputs[:0]
-        spatial = x.shape[2:]
-        padded = self.pad_to_total_stride(x)
-        outputs = self.forward_padded(padded)
-        return outputs if padded.shape == x.shape else self.crop_outputs(outputs, spatial)
+        return super().forward(x)
 
 
 @register_network("swin_umamba", dims=(2, 3),
                   description="Swin-UMamba (Liu et al. 2024): VMamba-T encoder + conv stem, residual conv decoder",
-                  small_overrides={"embed_dim": 16, "encoder_depths": (1, 1, 1, 1), "drop_path_rate": 0.0})
+                  small={"embed_dim": 16, "encoder_depths": (1, 1, 1, 1), "drop_path_rate": 0.0})
 class SwinUMamba(_SwinUMambaBase):
     """Swin-UMamba for 2D (``conv_op=nn.Conv2d``, faithful) and 3D (``nn.Conv3d``, our design).
 
@@ -244,14 +226,14 @@ class SwinUMamba(_SwinUMambaBase):
         deep_supervision: also return the outputs at 1/2, 1/4 and 1/8.
     """
 
-    POOLS_PER_LEVEL = (1, 1, 1, 1, 1)
+    pools_per_level = (1, 1, 1, 1, 1)
 
     def __init__(self, input_channels: int, num_classes: int, conv_op: type[nn.Module] = nn.Conv2d,
                  strides: Sequence[int | Sequence[int]] = (2, 2, 2, 2, 2), input_shape: Sequence[int] | None = None,
                  embed_dim: int = 96, encoder_depths: Sequence[int] = VMAMBA_T_DEPTHS, d_state: int = 16,
                  drop_path_rate: float = 0.2, deep_supervision: bool = False):
         super().__init__(conv_op)
-        _check_widths("SwinUMamba", embed_dim, encoder_depths, strides, len(self.POOLS_PER_LEVEL))
+        _check_widths("SwinUMamba", embed_dim, encoder_depths, strides, len(self.pools_per_level))
         self.strides = [self.per_axis(s) for s in strides]
         if input_shape is not None:
             self.check_input_shape(input_shape)
@@ -342,8 +324,8 @@ class SwinUMambaDecoder(nn.Module):
 
 @register_network("swin_umamba_d", dims=(2, 3),
                   description="Swin-UMamba-dagger (Liu et al. 2024): VMamba-T encoder, VSS decoder",
-                  small_overrides={"embed_dim": 16, "encoder_depths": (1, 1, 1, 1), "decoder_depth": 1,
-                                   "drop_path_rate": 0.0})
+                  small={"embed_dim": 16, "encoder_depths": (1, 1, 1, 1), "decoder_depth": 1,
+                         "drop_path_rate": 0.0})
 class SwinUMambaD(_SwinUMambaBase):
     """Swin-UMamba-dagger for 2D (faithful) and 3D (our design).
 
@@ -357,7 +339,7 @@ class SwinUMambaD(_SwinUMambaBase):
         Others as :class:`SwinUMamba`.
     """
 
-    POOLS_PER_LEVEL = (2, 1, 1, 1)
+    pools_per_level = (2, 1, 1, 1)
 
     def __init__(self, input_channels: int, num_classes: int, conv_op: type[nn.Module] = nn.Conv2d,
                  strides: Sequence[int | Sequence[int]] = (4, 2, 2, 2), input_shape: Sequence[int] | None = None,
@@ -365,7 +347,7 @@ class SwinUMambaD(_SwinUMambaBase):
                  d_state: int = 16, drop_path_rate: float = 0.2, deep_supervision: bool = False,
                  adapt_rgb_embedding: bool = False):
         super().__init__(conv_op)
-        _check_widths("SwinUMambaD", embed_dim, encoder_depths, strides, len(self.POOLS_PER_LEVEL))
+        _check_widths("SwinUMambaD", embed_dim, encoder_depths, strides, len(self.pools_per_level))
         self.adapt_rgb_embedding = bool(adapt_rgb_embedding)
         if decoder_depth < 1:
             raise ValueError(f"SwinUMambaD's decoder_depth must be >= 1, got {decoder_depth}")
@@ -424,7 +406,7 @@ class MambaDecoder(nn.Module):
         super().__init__()
         self.deep_supervision = deep_supervision
         levels = list(reversed(range(NUM_STAGES - 1)))  # 2, 1, 0: from the deepest skip up
-        rates = _stage_drop_paths([depth] * len(levels), drop_path_rate, decreasing=True)  # 0.2 ... 0, deepest first
+        rates = stage_drop_paths([depth] * len(levels), drop_path_rate, decreasing=True)  # 0.2 ... 0, deepest first
         self.upsamples = nn.ModuleList(PatchExpanding(dims[level + 1], dims[level + 1] // 2, strides[level + 1])
                                        for level in levels)
         self.merges = nn.ModuleList(nn.Linear(2 * dims[level], dims[level]) for level in levels)
@@ -459,3 +441,8 @@ class MambaDecoder(nn.Module):
         total += self.final_expand.compute_conv_feature_map_size(grids[0])
         image = math.prod(g * s for g, s in zip(grids[0], self.final_expand.scale))
         return total + self.final_expand.out_dim * image  # the full-resolution head's input
+
+
+register_variant("swin_umamba_d_adapted_embedding", of="swin_umamba_d", args={"adapt_rgb_embedding": True},
+                 description="Swin-UMamba-dagger whose non-RGB input starts from VMamba's RGB embedding kernel, "
+                             "adapted (ours)")

@@ -52,12 +52,12 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim, convert_dim_to_conv_op
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 from torch import nn
 
 from nnunet_mamba.architectures.base import NoDeepSupervisionDecoder, SegmentationNetwork
-from nnunet_mamba.architectures.plans import conv_kernel_sizes_from_plan, strides_from_plan
-from nnunet_mamba.architectures.registry import register_network
+from nnunet_mamba.architectures.plans import conv_kernel_sizes_from_plan
+from nnunet_mamba.architectures.registry import register_network, register_variant
 from nnunet_mamba.blocks.layer_norm import layer_norm_saved_elements
 from nnunet_mamba.blocks.mamba import Mamba
 
@@ -325,8 +325,7 @@ def _depthwise_kernel(level_kernel: Sequence[int], size: int) -> tuple[int, ...]
 
 @register_network("ultralbm_unet", dims=(2, 3),
                   description="UltraLBM-UNet (Fan et al. 2025): 34k-parameter UNet of conv, LMBP and bidirectional "
-                              "Mamba GLMBP blocks",
-                  small_overrides={})
+                              "Mamba GLMBP blocks")
 class UltraLBMUNet(SegmentationNetwork):
     """UltraLBM-UNet for 2D (``conv_op=nn.Conv2d``) and 3D (``conv_op=nn.Conv3d``); one output (logits), no deep
     supervision. The design and what of it is ours are in the module docstring.
@@ -352,6 +351,7 @@ class UltraLBMUNet(SegmentationNetwork):
     """
 
     supports_deep_supervision = False
+    pools_per_level = (1,) * NUM_POOLINGS
 
     def __init__(
         self,
@@ -423,29 +423,17 @@ class UltraLBMUNet(SegmentationNetwork):
         return kernels
 
     @classmethod
-    def from_plan(cls, configuration_manager, num_input_channels: int, num_output_channels: int,
-                  deep_supervision: bool, **overrides) -> "UltraLBMUNet":
+    def plan_arguments(cls, configuration_manager, overrides: dict) -> dict:
         """The plan's first five pooling strides (stride 1 where it pools fewer times) and, per resolution level,
         its conv kernels (the deepest stage's where the plan has fewer stages)."""
-        cls.check_deep_supervision_request(deep_supervision)
-        input_shape = [int(p) for p in configuration_manager.patch_size]
-        spatial_dims = len(input_shape)
-        plan_kernels = conv_kernel_sizes_from_plan(configuration_manager, spatial_dims)
-        kwargs = {
-            "conv_op": convert_dim_to_conv_op(spatial_dims),
-            "input_shape": input_shape,
-            "strides": strides_from_plan(configuration_manager.pool_op_kernel_sizes, spatial_dims,
-                                         (1,) * NUM_POOLINGS),
-            "kernel_sizes": None if plan_kernels is None else
-            [plan_kernels[min(level, len(plan_kernels) - 1)] for level in range(NUM_POOLINGS + 1)],
-        } | overrides
-        return cls(num_input_channels, num_output_channels, deep_supervision=deep_supervision, **kwargs)
+        arguments = super().plan_arguments(configuration_manager, overrides)
+        plan_kernels = conv_kernel_sizes_from_plan(configuration_manager, len(arguments["input_shape"]))
+        arguments["kernel_sizes"] = None if plan_kernels is None else [
+            plan_kernels[min(level, len(plan_kernels) - 1)] for level in range(NUM_POOLINGS + 1)]
+        return arguments
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spatial = x.shape[2:]
-        padded = self.pad_to_total_stride(x)
-        logits = self.decoder(*self.encoder(padded), padded.shape[2:])
-        return logits if padded.shape == x.shape else self.crop_outputs(logits, spatial)
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(*self.encoder(x), x.shape[2:])
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Activation elements one training forward pass of one sample saves for backward.
@@ -459,13 +447,20 @@ class UltraLBMUNet(SegmentationNetwork):
 
 
 @register_network("ultralbm_unet_t", dims=(2, 3),
-                  description="UltraLBM-UNet-T (Fan et al. 2025): the half-width distillation student, 11k parameters",
-                  small_overrides={})
+                  description="UltraLBM-UNet-T (Fan et al. 2025): the half-width distillation student, 11k parameters")
 class UltraLBMUNetT(UltraLBMUNet):
     """UltraLBM-UNet-T, the student of the paper's distillation: UltraLBM-UNet at channel multiplier 0.5."""
 
     def __init__(self, *args, channel_multiplier: float = 0.5, **kwargs):
         super().__init__(*args, channel_multiplier=channel_multiplier, **kwargs)
+
+
+#: the official code's reversed pass, forward-only (see the module docstring)
+OFFICIAL_CHANNEL_FLIP = {"reverse": "channel"}
+register_variant("ultralbm_unet_channel_flip", of="ultralbm_unet", args=OFFICIAL_CHANNEL_FLIP,
+                 description="UltraLBM-UNet with the official code's channel flip in place of the token flip")
+register_variant("ultralbm_unet_t_channel_flip", of="ultralbm_unet_t", args=OFFICIAL_CHANNEL_FLIP,
+                 description="UltraLBM-UNet-T with the official code's channel flip in place of the token flip")
 
 
 @torch.no_grad()

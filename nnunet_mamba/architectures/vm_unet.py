@@ -21,15 +21,19 @@ import math
 import re
 from typing import Sequence
 
-import numpy as np
 import torch
-from dynamic_network_architectures.building_blocks.helper import convert_dim_to_conv_op
 from torch import nn
 
 from nnunet_mamba.architectures.base import LevelFeatureNetwork, SegmentationNetwork
-from nnunet_mamba.architectures.plans import strides_from_plan
 from nnunet_mamba.architectures.registry import register_network
-from nnunet_mamba.blocks import PatchEmbedding, PatchExpanding, PatchMerging, VSSStage
+from nnunet_mamba.blocks import (
+    PatchEmbedding,
+    PatchExpanding,
+    PatchMerging,
+    VSSStage,
+    init_vmamba_weights,
+    stage_drop_paths,
+)
 from nnunet_mamba.pretrained.vmamba import (
     COPY,
     MERGE_2X2,
@@ -43,15 +47,6 @@ NUM_LEVELS = 4
 DEFAULT_STRIDES_PER_LEVEL = (4, 2, 2, 2)
 #: plan poolings per level: the 4x4 embedding takes two stride-2 poolings, each merging one
 POOLS_PER_LEVEL = (2, 1, 1, 1)
-
-
-def _stage_drop_paths(depths: Sequence[int], drop_path_rate: float, decreasing: bool = False) -> list[list[float]]:
-    """Drop-path rates rising linearly over all blocks (falling in the decoder), split per stage."""
-    rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-    if decreasing:
-        rates = rates[::-1]
-    bounds = np.cumsum([0, *depths])
-    return [rates[bounds[i]:bounds[i + 1]] for i in range(len(depths))]
 
 
 class VMUNetEncoder(nn.Module):
@@ -131,7 +126,7 @@ class VMUNetDecoder(nn.Module):
 
 
 @register_network("vm_unet", dims=(2, 3), description="VM-UNet (Ruan et al. 2024): VSS encoder-decoder, SS2D / SS3D",
-                  small_overrides={"embed_dim": 32, "drop_path_rate": 0.0})
+                  small={"embed_dim": 32, "drop_path_rate": 0.0})
 class VMUNet(SegmentationNetwork, LevelFeatureNetwork):
     """VM-UNet for 2D (``conv_op=nn.Conv2d``) and 3D (``conv_op=nn.Conv3d``) inputs.
 
@@ -153,6 +148,7 @@ class VMUNet(SegmentationNetwork, LevelFeatureNetwork):
     # before the heads moved into decoder.seg_layers (nnU-Net's -pretrained_weights skips exactly those)
     legacy_key_prefixes = {"decoder.seg_head.": f"decoder.seg_layers.{NUM_LEVELS - 1}.",
                            "decoder.deep_heads.": "decoder.seg_layers."}
+    pools_per_level = POOLS_PER_LEVEL
 
     def __init__(
         self,
@@ -181,8 +177,8 @@ class VMUNet(SegmentationNetwork, LevelFeatureNetwork):
             self.check_input_shape(input_shape)
 
         dims = [embed_dim * 2**i for i in range(NUM_LEVELS)]
-        encoder_drop = _stage_drop_paths(encoder_depths, drop_path_rate)
-        decoder_drop = _stage_drop_paths(decoder_depths, drop_path_rate, decreasing=True)
+        encoder_drop = stage_drop_paths(encoder_depths, drop_path_rate)
+        decoder_drop = stage_drop_paths(decoder_depths, drop_path_rate, decreasing=True)
 
         self.stem = PatchEmbedding(input_channels, embed_dim, self.strides[0], conv_op)
         self.encoder = VMUNetEncoder(dims, encoder_depths, self.strides[1:], self.spatial_dims, encoder_drop, d_state)
@@ -193,32 +189,7 @@ class VMUNet(SegmentationNetwork, LevelFeatureNetwork):
         self.keys_to_in_proj = ("stem.proj",)
         self.level_dims = dims
         self.depths = (tuple(encoder_depths), tuple(decoder_depths))
-        self.init_weights(self)
-
-    @classmethod
-    def from_plan(cls, configuration_manager, num_input_channels: int, num_output_channels: int,
-                  deep_supervision: bool, **overrides) -> "VMUNet":
-        """Strides from the plan's poolings: the embedding takes the first two, each merging one more."""
-        input_shape = [int(p) for p in configuration_manager.patch_size]
-        spatial_dims = len(input_shape)
-        kwargs = {
-            "conv_op": convert_dim_to_conv_op(spatial_dims),
-            "input_shape": input_shape,
-            "strides": strides_from_plan(configuration_manager.pool_op_kernel_sizes, spatial_dims, POOLS_PER_LEVEL),
-        } | overrides
-        return cls(num_input_channels, num_output_channels, deep_supervision=deep_supervision, **kwargs)
-
-    @staticmethod
-    def init_weights(module: nn.Module) -> None:
-        """VM-UNet's initialisation: truncated normal (std 0.02) linear weights, zero biases, unit norms."""
-        for m in module.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_vmamba_weights(self)
 
     def level_feature_modules(self) -> tuple[list[nn.Module], list[nn.Module]]:
         """The encoder and decoder VSS stages, shallowest (H/4) level first; outputs on the padded grid."""
@@ -228,12 +199,9 @@ class VMUNet(SegmentationNetwork, LevelFeatureNetwork):
         """Per-axis stride from level l to level l + 1 (the three patch mergings)."""
         return list(self.strides[1:])
 
-    def forward(self, x: torch.Tensor):
-        spatial = x.shape[2:]
-        padded = self.pad_to_total_stride(x)
-        skips, bottleneck = self.encoder(self.stem(padded))
-        outputs = self.decoder(skips, bottleneck)
-        return outputs if padded.shape == x.shape else self.crop_outputs(outputs, spatial)
+    def forward_padded(self, x: torch.Tensor):
+        skips, bottleneck = self.encoder(self.stem(x))
+        return self.decoder(skips, bottleneck)
 
     def load_pretrained(self, path) -> PretrainedReport:
         """Encoder and decoder from a VMamba v0 ImageNet checkpoint (2D only), as VM-UNet does.

@@ -218,10 +218,10 @@ def step_plan(settings: Dict, result_path: Path) -> None:
 
 
 def _plan_network(name: str, budgets: List[float]) -> None:
-    from nnunet_mamba.planning.comparison import typical_ct_workspace
+    from nnunet_mamba.benchmarks.planner import typical_ct_workspace
 
     with typical_ct_workspace():
-        from nnunet_mamba.planning.gpu_check import plan_all
+        from nnunet_mamba.benchmarks.planner_gpu import plan_all
 
         print(json.dumps(plan_all([name], budgets)))
 
@@ -234,10 +234,10 @@ def _load_plans(settings: Dict) -> Dict:
 
 
 def step_planning_gpu_check(settings: Dict, result_path: Path) -> None:
-    """planning.gpu_check for every network and budget, 2d and 3d_fullres; without CUDA the plans alone."""
+    """``benchmark planner-gpu`` for every network and budget, 2d and 3d_fullres; without CUDA the plans alone."""
     import torch
 
-    from nnunet_mamba.planning.gpu_check import measure, plan_key
+    from nnunet_mamba.benchmarks.planner_gpu import measure, plan_key
 
     plans, rows = _load_plans(settings), []
     for name in settings["networks"]:
@@ -263,8 +263,9 @@ def step_amp_stability(settings: Dict, result_path: Path) -> None:
     import torch
 
     from nnunet_mamba.architectures import build_network, get_network, synthetic_configuration
+    from nnunet_mamba.benchmarks.network import error_summary
+    from nnunet_mamba.benchmarks.planner_gpu import train_steps
     from nnunet_mamba.ops import scan_backend_override
-    from nnunet_mamba.planning.gpu_check import _train_steps
 
     amp = settings["amp"]
     device = torch.device(settings["device"])
@@ -281,24 +282,17 @@ def step_amp_stability(settings: Dict, result_path: Path) -> None:
                 with scan_backend_override(amp["backend"]):
                     network = build_network(name, configuration, 1, 3, deep_supervision,
                                             **_overrides(settings)[name]).to(device)
-                    losses = _train_steps(network, plan, 1, 3, deep_supervision, device, steps=amp["steps"],
+                    losses = train_steps(network, plan, 1, 3, deep_supervision, device, steps=amp["steps"],
                                           amp_dtype=getattr(torch, dtype))
                 del network
             except Exception as error:  # the next network still runs; the row says what failed
-                row["error"] = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+                row["error"] = error_summary(error)
             else:
                 row.update(steps=len(losses), first_loss=losses[0], last_loss=losses[-1],
                            first_non_finite_step=next((i for i, v in enumerate(losses) if not math.isfinite(v)), None))
             row["seconds"] = round(time.perf_counter() - started, 2)
             rows.append(row)
             _save(result_path, {"patch": plan["patch_size"], "batch": amp["batch"], "rows": rows})
-
-
-def _overrides(settings: Dict) -> Dict[str, Dict]:
-    """Constructor arguments per network: none (published widths), or the registry's small instance."""
-    from nnunet_mamba.architectures import get_network
-
-    return {name: get_network(name).small_overrides if settings["small"] else {} for name in settings["networks"]}
 
 
 def _scan_backends(settings: Dict) -> tuple:
@@ -345,7 +339,7 @@ def step_network_2d(settings: Dict, result_path: Path) -> None:
     rows = run_network_benchmark(settings["networks"], tuple(shape["patch"]), batch=shape["batch"],
                                  device=settings["device"], backends=backends, steps=shape["steps"],
                                  warmup=shape["warmup"], compare_nnunet=True, compare_resenc=True,
-                                 network_overrides=_overrides(settings))
+                                 small=settings["small"])
     _save(result_path, {"rows": rows, "left_out": left_out})
 
 
@@ -355,8 +349,8 @@ def step_network_3d(settings: Dict, result_path: Path) -> None:
     import torch
 
     from nnunet_mamba.architectures import synthetic_configuration
-    from nnunet_mamba.benchmarks.network import run_network_benchmark
-    from nnunet_mamba.planning.gpu_check import configuration_from_plan, plan_key
+    from nnunet_mamba.benchmarks.network import error_summary, run_network_benchmark
+    from nnunet_mamba.benchmarks.planner_gpu import configuration_from_plan, plan_key
 
     backends, left_out = _network_backends(settings)
     shape = settings["network_3d"]
@@ -372,10 +366,10 @@ def step_network_3d(settings: Dict, result_path: Path) -> None:
             rows += run_network_benchmark(name, batch=batch, device=settings["device"], backends=backends,
                                           steps=shape["steps"], warmup=shape["warmup"], compare_nnunet=True,
                                           compare_resenc=True, configuration=configuration,
-                                          network_overrides=_overrides(settings))
+                                          small=settings["small"])
         except Exception as error:  # the next network still runs; the row says what failed
             rows.append({"network": name, "backend": ",".join(backends), "patch": [], "batch": 0,
-                         "error": f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"})
+                         "error": error_summary(error)})
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         _save(result_path, {"rows": rows, "left_out": left_out})
@@ -627,8 +621,8 @@ def targets(steps: Dict) -> List[Dict]:
 
 def markdown(report: Dict) -> str:
     from nnunet_mamba.benchmarks.network import format_network_table
+    from nnunet_mamba.benchmarks.planner_gpu import format_rows
     from nnunet_mamba.benchmarks.scan import format_table
-    from nnunet_mamba.planning.gpu_check import format_rows
 
     steps = report["steps"]
     device = report["device"]
@@ -661,7 +655,7 @@ def markdown(report: Dict) -> str:
             lines += [f"- {b} left out: {r}" for b, r in steps[name]["result"].get("left_out", {}).items()]
     planned = _rows(steps, "planning_gpu_check")
     if planned:
-        lines += ["", "## planning.gpu_check", ""]
+        lines += ["", "## benchmark planner-gpu", ""]
         measured = [row for row in planned if "not_measured" not in row]
         lines.append(format_rows(measured) if measured else
                      "Plans only (no CUDA device): " + "; ".join(

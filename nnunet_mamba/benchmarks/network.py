@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_mamba.architectures import build_network, synthetic_configuration
+from nnunet_mamba.architectures import build_network, get_network, synthetic_configuration
 from nnunet_mamba.ops import scan_backend_override
 
 NNUNET_UNET = "nnU-Net UNet"
@@ -24,6 +24,11 @@ NNUNET_RESENC_M = "nnU-Net ResEnc-M"
 # nnU-Net's ResEncUNetPlanner sets these in its __init__ (which reads a dataset, so they are not read from it here)
 RESENC_BLOCKS_PER_STAGE_ENCODER = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)
 RESENC_BLOCKS_PER_STAGE_DECODER = (1,) * 12
+
+
+def error_summary(error: BaseException) -> str:
+    """What a benchmark row that failed says: the error's type and the first line of its message."""
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
 
 
 def nnunet_default_unet(configuration, input_channels: int, num_classes: int) -> nn.Module:
@@ -72,13 +77,13 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
                           batch: int = 8, input_channels: int = 1, num_classes: int = 4, device: str = "cuda",
                           amp: bool = True, backends: Sequence[str] = ("auto",), steps: int = 10,
                           warmup: int = 3, compare_nnunet: bool = False, compare_resenc: bool = False,
-                          configuration=None, network_overrides: Dict[str, Dict] | None = None) -> List[Dict]:
+                          configuration=None, small: bool = False) -> List[Dict]:
     """Time AdamW train steps (forward, cross-entropy, backward, step) and inference forward passes
     (``no_grad``, eval) of one or several registry networks per scan backend; with ``compare_nnunet`` also
     nnU-Net's default UNet, with ``compare_resenc`` its ResEnc-M, built from the same plan, and each row's
-    ratio to them. ``configuration`` (a plan's, see ``planning.gpu_check.configuration_from_plan``) replaces
-    the one made for ``patch_size``; ``network_overrides`` maps a network's name to constructor arguments (the
-    registry's ``small_overrides``, say).
+    ratio to them. ``configuration`` (a plan's, see ``benchmarks.planner_gpu.configuration_from_plan``) replaces
+    the one made for ``patch_size``; ``small`` builds each network's registered small instance (rows keep the
+    network's name).
 
     The models take turns: after ``warmup`` untimed calls of each, every one of ``steps`` rounds times each
     model once, so that a shared or throttled machine slows them alike; times are the medians over rounds.
@@ -99,8 +104,8 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
         for backend in backends:
             with scan_backend_override(backend):
                 torch.manual_seed(0)
-                model = build_network(name, configuration, input_channels, num_classes, deep_supervision=False,
-                                      **(network_overrides or {}).get(name, {}))
+                model = build_network(get_network(name).small_instance if small else name, configuration,
+                                      input_channels, num_classes, deep_supervision=False)
             candidates.append(({"network": name, "backend": backend},
                                _Timed(model, backend, configuration.patch_size, batch, input_channels, num_classes,
                                       device, amp)))
@@ -109,7 +114,7 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
         try:
             timed.warm_up(warmup)
         except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one
-            failed[index] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            failed[index] = error_summary(error)
             timed.release()
     working = [timed for index, (_, timed) in enumerate(candidates) if index not in failed]
     for mode in ("train_step", "inference"):

@@ -22,6 +22,7 @@ direction: x_proj E*(R + 2N), dt_proj R*E + E, A_log E*N, D E (R = ceil(C/16)).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -271,6 +272,29 @@ class VSSBlock(nn.Module):
                      + 2 * k * e + k * (r + 2 * n)                     # sequences, deltas, x projection
                      + layer_norm_saved_elements(e, 1) + 3 * e)        # out_norm input, its output, SiLU(z), product
         return tokens * per_token + 2 * k * e * n + saved_state_positions(tokens, n) * n * k * e
+
+
+def stage_drop_paths(depths: Sequence[int], drop_path_rate: float, decreasing: bool = False) -> list[list[float]]:
+    """VMamba's stochastic depth: rates rising linearly from 0 to ``drop_path_rate`` over all blocks of all stages
+    (falling instead for a decoder that starts at the bottleneck), split into one list per stage."""
+    rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+    if decreasing:
+        rates = rates[::-1]
+    bounds = [0, *itertools.accumulate(depths)]
+    return [rates[bounds[i]:bounds[i + 1]] for i in range(len(depths))]
+
+
+def init_vmamba_weights(module: nn.Module) -> None:
+    """VMamba's initialisation of every layer under ``module``: truncated normal (std 0.02) linear weights, zero
+    biases, unit norms. Convolutions and the scan's parameters (A_log, D, dt_proj) keep their own."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 class VSSStage(nn.Sequential):

@@ -1,5 +1,11 @@
-"""``nnunet-mamba benchmark scan|network|flops|predict``: time the selective-scan backends or a network's train
-step, count a network's FLOPs (selective scan included), or time the stock nnUNetv2_predict of one case."""
+"""``nnunet-mamba benchmark MODE``: one sub-command per measurement, each with its own flags.
+
+Modes: ``scan`` (the selective-scan backends), ``network`` (a network's train step next to nnU-Net's UNet),
+``flops`` (parameters and FLOPs, selective scan included), ``predict`` (the stock nnUNetv2_predict of one case),
+``planner`` (our plans next to nnU-Net's for a typical CT dataset), ``memory-model`` (each network's memory
+estimate against a measured forward pass) and ``planner-gpu`` (a planned training step under the budget's cap).
+The measurements live in :mod:`nnunet_mamba.benchmarks`; this module parses and prints.
+"""
 
 
 def _sequence_length(text: str) -> int:
@@ -34,94 +40,230 @@ class _ScanBackendChoices:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "benchmark", help="time forward+backward and peak memory of the scan backends (scan) or a network (network), "
-                          "or count a network's parameters and FLOPs/MACs, selective scan included (flops), or time "
-                          "nnUNetv2_predict of one synthetic case per scan backend next to nnU-Net's UNet (predict)")
-    parser.add_argument("what", choices=["scan", "network", "flops", "predict"], help="what to benchmark")
-    parser.add_argument("--lengths", type=_sequence_length, nargs="+", default=[1024, 4096, 16384],
-                        help="scan: sequence lengths L (default: 1024 4096 16384)")
-    parser.add_argument("--dim", type=int, default=192, help="scan: channels (default: 192)")
-    parser.add_argument("--d-state", type=int, default=16, help="scan: state size N (default: 16)")
-    parser.add_argument("--groups", type=int, default=4, help="scan: B/C groups, i.e. scan directions (default: 4)")
-    parser.add_argument("--batch", type=int, default=None, help="batch size (default: scan 1, network 8, flops 1)")
+        "benchmark", help="time the scan backends, a network's train step or nnUNetv2_predict; count FLOPs; compare "
+                          "the planner's choices and its memory model with measurements (one MODE each)",
+        description="Measure one thing per MODE; `nnunet-mamba benchmark MODE --help` lists that mode's flags. "
+                    "Figures and how they were taken: docs/benchmarks.md.")
+    modes = parser.add_subparsers(dest="what", metavar="MODE")
+    modes.required = True
+    _register_scan(modes)
+    _register_network(modes)
+    _register_flops(modes)
+    _register_predict(modes)
+    _register_planner(modes)
+
+
+def _add_device(parser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
+
+
+def _add_repeats(parser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up (default: 5)")
-    parser.add_argument("--no-mambapy", action="store_true", help="scan: skip the mambapy comparison")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="scan: torch threads in each measurement (default: torch's default)")
-    parser.add_argument("--network", default="vm_unet", help="network, flops: registry name (default: vm_unet)")
-    parser.add_argument("--patch", type=int, nargs="+", default=[256, 256],
-                        help="network, flops: patch size, 2 or 3 numbers (default: 256 256)")
+
+
+def _add_backends(parser, default: list, help: str) -> None:
+    parser.add_argument("--backends", nargs="+", default=default, choices=_ScanBackendChoices(), metavar="BACKEND",
+                        help=help)
+
+
+def _register_scan(modes) -> None:
+    scan = modes.add_parser("scan", help="forward+backward time and peak memory of each selective-scan backend",
+                            description="Time forward+backward and peak memory of the selective-scan backends "
+                                        "(and mambapy's scan) at a few sequence lengths.")
+    scan.add_argument("--lengths", type=_sequence_length, nargs="+", default=[1024, 4096, 16384],
+                      help="sequence lengths L (default: 1024 4096 16384)")
+    scan.add_argument("--dim", type=int, default=192, help="channels (default: 192)")
+    scan.add_argument("--d-state", type=int, default=16, help="state size N (default: 16)")
+    scan.add_argument("--groups", type=int, default=4, help="B/C groups, i.e. scan directions (default: 4)")
+    scan.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
+    _add_device(scan)
+    _add_repeats(scan)
+    scan.add_argument("--no-mambapy", action="store_true", help="skip the mambapy comparison")
+    scan.add_argument("--threads", type=int, default=None,
+                      help="torch threads in each measurement (default: torch's default)")
+    scan.set_defaults(func=_run_scan)
+
+
+def _register_network(modes) -> None:
+    network = modes.add_parser("network", help="a network's train step and inference, per scan backend",
+                               description="Time AdamW train steps and inference of a registered network per scan "
+                                           "backend, optionally next to nnU-Net's UNet built from the same plan.")
+    network.add_argument("--network", default="vm_unet", help="registry name (default: vm_unet)")
+    network.add_argument("--patch", type=int, nargs="+", default=[256, 256],
+                         help="patch size, 2 or 3 numbers (default: 256 256)")
+    network.add_argument("--batch", type=int, default=8, help="batch size (default: 8)")
+    _add_device(network)
+    _add_repeats(network)
+    _add_backends(network, ["auto"], "scan backends to compare, 'auto' or the names `nnunet-mamba doctor` lists "
+                                     "(default: auto)")
+    network.add_argument("--no-amp", action="store_true", help="float32 instead of bf16 autocast on CUDA")
+    network.add_argument("--compare-nnunet", action="store_true",
+                         help="also time nnU-Net's default UNet built from the same plan, and print ratios")
+    network.set_defaults(func=_run_network)
+
+
+def _register_flops(modes) -> None:
+    flops = modes.add_parser("flops", help="a network's parameters and FLOPs/MACs, selective scan included",
+                             description="Count a registered network's parameters and FLOPs/MACs of one forward "
+                                         "pass, selective scan included (or with a paper's own counter).")
+    flops.add_argument("--network", default="vm_unet", help="registry name (default: vm_unet)")
+    flops.add_argument("--patch", type=int, nargs="+", default=[256, 256],
+                       help="patch size, 2 or 3 numbers (default: 256 256)")
+    flops.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
+    _add_device(flops)
     # defaults are VM-UNet's published setting (RGB skin-lesion images, one foreground class)
-    parser.add_argument("--input-channels", type=int, default=3, help="flops: input channels (default: 3)")
-    parser.add_argument("--num-classes", type=int, default=1, help="flops: output channels (default: 1)")
-    parser.add_argument("--protocol", choices=["ours", "thop", "fvcore"], default="ours",
-                        help="flops: our counter (true parameters, selective scan included; default), or a paper's "
-                             "own counter: thop (thop.profile, LightM-UNet's figures) or fvcore (FlopCountAnalysis, "
-                             "Swin-UMamba's figures); these two need the extra '.[paper-counts]'")
-    parser.add_argument("--network-arg", action="append", default=[], metavar="NAME=VALUE",
-                        help="flops: a constructor argument of the network (repeatable), e.g. variant=v0 for "
-                             "LightM-UNet's first upload; VALUE is read as a Python literal, else as a string")
-    parser.add_argument("--distillation", action="store_true",
-                        help="flops: also count DSVM-UNet's training-only self-distillation heads")
-    parser.add_argument("--backends", nargs="+", default=["auto"], choices=_ScanBackendChoices(),
-                        metavar="BACKEND", help="network: scan backends to compare, 'auto' or the names `nnunet-mamba "
-                                                "doctor` lists (default: auto); predict: default torch numba")
-    parser.add_argument("--no-amp", action="store_true", help="network: float32 instead of bf16 autocast on CUDA")
-    parser.add_argument("--compare-nnunet", action="store_true",
-                        help="network: also time nnU-Net's default UNet built from the same plan, and print ratios")
-    parser.add_argument("--trainer", default="nnUNetTrainerVMUNet",
-                        help="predict: the trainer whose network predicts (default: nnUNetTrainerVMUNet)")
-    parser.add_argument("--case-shape", type=int, nargs=3, default=[64, 128, 128],
-                        help="predict: shape of the synthetic case, z y x (default: 64 128 128)")
-    parser.add_argument("--configuration", default="3d_fullres", help="predict: configuration (default: 3d_fullres)")
-    parser.add_argument("--workdir", default=None,
-                        help="predict: workspace to create or reuse (default: a new temporary folder)")
-    parser.set_defaults(func=run)
+    flops.add_argument("--input-channels", type=int, default=3, help="input channels (default: 3)")
+    flops.add_argument("--num-classes", type=int, default=1, help="output channels (default: 1)")
+    flops.add_argument("--protocol", choices=["ours", "thop", "fvcore"], default="ours",
+                       help="our counter (true parameters, selective scan included; default), or a paper's own "
+                            "counter: thop (thop.profile, LightM-UNet's figures) or fvcore (FlopCountAnalysis, "
+                            "Swin-UMamba's figures); these two need the extra '.[paper-counts]'")
+    flops.add_argument("--network-arg", action="append", default=[], metavar="NAME=VALUE",
+                       help="a constructor argument of the network (repeatable), e.g. variant=v0 for LightM-UNet's "
+                            "first upload; VALUE is read as a Python literal, else as a string")
+    flops.add_argument("--distillation", action="store_true",
+                       help="also count DSVM-UNet's training-only self-distillation heads")
+    flops.set_defaults(func=_run_flops)
 
 
-def run(args) -> int:
+def _register_predict(modes) -> None:
+    predict = modes.add_parser("predict", help="nnUNetv2_predict of one synthetic case per scan backend",
+                               description="Time the stock nnUNetv2_predict of one synthetic case per scan backend, "
+                                           "next to nnU-Net's UNet.")
+    predict.add_argument("--trainer", default="nnUNetTrainerVMUNet",
+                         help="the trainer whose network predicts (default: nnUNetTrainerVMUNet)")
+    predict.add_argument("--case-shape", type=int, nargs=3, default=[64, 128, 128],
+                         help="shape of the synthetic case, z y x (default: 64 128 128)")
+    predict.add_argument("--configuration", default="3d_fullres", help="configuration (default: 3d_fullres)")
+    predict.add_argument("--workdir", default=None,
+                         help="workspace to create or reuse (default: a new temporary folder)")
+    _add_backends(predict, ["torch", "numba"], "scan backends to time (default: torch numba; 'auto' means the "
+                                               "same)")
+    _add_device(predict)
+    _add_repeats(predict)
+    predict.set_defaults(func=_run_predict)
+
+
+def _register_planner(modes) -> None:
+    networks_help = "registered networks (default: every one)"
+    planner = modes.add_parser("planner", help="our plans for a typical CT dataset next to nnU-Net's (README table)",
+                               description="Plan a fingerprint-only typical CT dataset with nnU-Net's default "
+                                           "planner and with ours for every network and budget; print the "
+                                           "markdown table.")
+    planner.add_argument("--budgets", type=float, nargs="+", default=[8, 24, 80],
+                         help="GPU memory budgets in GiB (default: 8 24 80)")
+    planner.add_argument("--networks", nargs="+", default=None, help=networks_help)
+    planner.set_defaults(func=_run_planner)
+    memory = modes.add_parser("memory-model", help="each network's memory estimate against a measured forward pass",
+                              description="Every network's saved-activation estimate against a measured forward "
+                                          "pass (CPU), per width and patch; print the markdown table.")
+    memory.add_argument("--networks", nargs="+", default=None, help=networks_help)
+    memory.set_defaults(func=_run_memory_model)
+    gpu = modes.add_parser("planner-gpu", help="a planned training step under the budget's cap, on a CUDA GPU",
+                           description="Plan the typical CT dataset, cap this process at each budget and run three "
+                                       "nnU-Net training steps at the planned patch and batch (needs a CUDA GPU).")
+    gpu.add_argument("--budgets", type=float, nargs="+", default=[8, 24],
+                     help="GPU memory budgets in GiB (default: 8 24)")
+    gpu.add_argument("--networks", nargs="+", default=None, help=networks_help)
+    gpu.add_argument("-c", dest="configurations", nargs="+", default=["2d", "3d_fullres"],
+                     help="configurations to measure (default: 2d 3d_fullres)")
+    gpu.set_defaults(func=_run_planner_gpu)
+
+
+def _without_gpu(args, needed_by: str, otherwise: str = "") -> bool:
+    """Says so and returns True when ``needed_by`` asks for a CUDA GPU and torch sees none."""
     import sys
 
     import torch
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"nnunet-mamba benchmark {args.what}: --device {args.device} needs a CUDA GPU, and torch sees none "
-              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). Run it on a GPU machine, or "
-              f"use --device cpu.", file=sys.stderr)
-        return 2
-    if args.what == "flops":
-        return _run_flops(args)
-    if args.what == "predict":
-        from pathlib import Path
+    if torch.cuda.is_available():
+        return False
+    print(f"nnunet-mamba benchmark {args.what}: {needed_by} needs a CUDA GPU, and torch sees none "
+          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). Run it on a GPU machine"
+          f"{otherwise}.", file=sys.stderr)
+    return True
 
-        from nnunet_mamba.benchmarks.predict import format_predict_table, run_predict_benchmark
 
-        backends = ["torch", "numba"] if args.backends == ["auto"] else args.backends
-        rows = run_predict_benchmark(args.trainer, tuple(args.case_shape), args.configuration, backends,
-                                     rounds=args.repeats, workdir=Path(args.workdir) if args.workdir else None,
-                                     device=args.device, compare_nnunet=True)
-        print(format_predict_table(rows))
-        return 0
-    if args.what == "network":
-        from nnunet_mamba.benchmarks.network import format_network_table, run_network_benchmark
+def _cpu_or_gpu_found(args) -> bool:
+    """False (having said why) when --device asks for a CUDA GPU that torch does not see."""
+    return not (args.device.startswith("cuda")
+                and _without_gpu(args, f"--device {args.device}", otherwise=", or use --device cpu"))
 
-        rows = run_network_benchmark(args.network, tuple(args.patch), batch=args.batch or 8, device=args.device,
-                                     amp=not args.no_amp, backends=args.backends, steps=args.repeats,
-                                     compare_nnunet=args.compare_nnunet)
-        print(format_network_table(rows))
-        return 0
 
+def _run_scan(args) -> int:
     from nnunet_mamba.benchmarks.scan import run_scan_benchmark
 
+    if not _cpu_or_gpu_found(args):
+        return 2
     rows = run_scan_benchmark(
-        lengths=tuple(args.lengths), dim=args.dim, d_state=args.d_state, groups=args.groups, batch=args.batch or 1,
+        lengths=tuple(args.lengths), dim=args.dim, d_state=args.d_state, groups=args.groups, batch=args.batch,
         repeats=args.repeats, device=args.device, include_mambapy=not args.no_mambapy,
         include_cuda=args.device.startswith("cuda"), threads=args.threads)
     return 1 if any("error" in row for row in rows) else 0
 
 
+def _run_network(args) -> int:
+    if not _cpu_or_gpu_found(args):
+        return 2
+    from nnunet_mamba.benchmarks.network import format_network_table, run_network_benchmark
+
+    rows = run_network_benchmark(args.network, tuple(args.patch), batch=args.batch, device=args.device,
+                                 amp=not args.no_amp, backends=args.backends, steps=args.repeats,
+                                 compare_nnunet=args.compare_nnunet)
+    print(format_network_table(rows))
+    return 0
+
+
+def _run_predict(args) -> int:
+    if not _cpu_or_gpu_found(args):
+        return 2
+    from pathlib import Path
+
+    from nnunet_mamba.benchmarks.predict import format_predict_table, run_predict_benchmark
+
+    backends = ["torch", "numba"] if args.backends == ["auto"] else args.backends
+    rows = run_predict_benchmark(args.trainer, tuple(args.case_shape), args.configuration, backends,
+                                 rounds=args.repeats, workdir=Path(args.workdir) if args.workdir else None,
+                                 device=args.device, compare_nnunet=True)
+    print(format_predict_table(rows))
+    return 0
+
+
+def _run_planner(args) -> int:
+    from nnunet_mamba.benchmarks.planner import compare, typical_ct_workspace
+
+    with typical_ct_workspace():
+        print(compare(_networks(args), args.budgets))
+    return 0
+
+
+def _run_memory_model(args) -> int:
+    from nnunet_mamba.benchmarks.planner import memory_model_table
+
+    print(memory_model_table(_networks(args)))
+    return 0
+
+
+def _run_planner_gpu(args) -> int:
+    if _without_gpu(args, "measuring a planned training step's memory"):
+        return 2
+    from nnunet_mamba.benchmarks.planner import typical_ct_workspace
+    from nnunet_mamba.benchmarks.planner_gpu import check
+
+    with typical_ct_workspace():
+        print(check(_networks(args), args.budgets, args.configurations))
+    return 0
+
+
+def _networks(args) -> list:
+    from nnunet_mamba.architectures import registered_networks
+
+    return args.networks or list(registered_networks())
+
+
 def _run_flops(args) -> int:
+    if not _cpu_or_gpu_found(args):
+        return 2
     import sys
 
     import torch
@@ -129,7 +271,7 @@ def _run_flops(args) -> int:
     from nnunet_mamba.architectures import build_network, synthetic_configuration
     from nnunet_mamba.benchmarks.flops import CONVOLUTION, LINEAR, SELECTIVE_SCAN, count_flops, format_flops_table
 
-    batch = args.batch or 1
+    batch = args.batch
     torch.manual_seed(0)
     try:
         overrides = _network_args(args.network_arg)

@@ -35,7 +35,7 @@ def run(args) -> int:
     import torch
 
     from nnunet_mamba import __version__, discovery
-    from nnunet_mamba.ops import BACKENDS, ENV_VAR, available_backends, requested_backend, resolve_backend
+    from nnunet_mamba.ops import BACKENDS, SCAN_ENV_VAR, available_backends, requested_backend, resolve_backend
 
     problems = []
     print(f"nnunet-mamba {__version__}")
@@ -56,7 +56,7 @@ def run(args) -> int:
         epilogue = "fused" if backend.fuses_epilogue else "in autograd around the kernel"
         print(f"      {backend.kernel} on {backend.devices} tensors, {'/'.join(backend.dtypes)}; "
               f"bias/softplus/D/z {epilogue}")
-    print(f"  {ENV_VAR}={os.environ.get(ENV_VAR, '(unset: auto)')}")
+    print(f"  {SCAN_ENV_VAR}={os.environ.get(SCAN_ENV_VAR, '(unset: auto)')}")
     chosen = {}
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         try:
@@ -82,13 +82,14 @@ def run(args) -> int:
         if problem:
             problems.append(problem)
         print(f"  {name}={value if value else '(unset)'}{'  <- PROBLEM, see below' if problem else ''}")
-    print(f"  {discovery.ENV_VAR}={os.environ.get(discovery.ENV_VAR, '(unset)')}")
+    print(f"  {discovery.EXT_TRAINER_ENV_VAR}={os.environ.get(discovery.EXT_TRAINER_ENV_VAR, '(unset)')}")
     print(f"  our trainers folder: {discovery.trainers_folder()}")
 
     _section("trainer lookup (nnU-Net's own recursive_find_trainer_class_by_name)")
     if not discovery.is_configured():
-        problems.append(f"{discovery.ENV_VAR} does not list our trainers folder")
-        print(f"  {discovery.ENV_VAR} does not list our trainers folder; run:\n    eval \"$(nnunet-mamba env)\"")
+        problem = f"{discovery.EXT_TRAINER_ENV_VAR} does not list our trainers folder"
+        problems.append(problem)
+        print(f"  {problem}; run:\n    eval \"$(nnunet-mamba env)\"")
     else:
         for name in discovery.trainer_names():
             found, error = discovery.find_with_nnunet(name)

@@ -1,4 +1,5 @@
-"""``nnunet-mamba models``: every registered network and every trainer, with what they are (timm's list_models)."""
+"""``nnunet-mamba models``: every registered name (networks and their variants) and every trainer, with what they
+are (timm's list_models)."""
 from __future__ import annotations
 
 import inspect
@@ -7,7 +8,8 @@ import inspect
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "models", help="list the registered networks (dimensions, parameter counts) and the nnU-Net trainers",
-        description="List every registered network with the dimensionalities it supports and its parameter count "
+        description="List every registered network and variant (every name `plan --network` and `benchmark flops` "
+                    "take) with the dimensionalities it supports and its parameter count "
                     "(2D: 3 input channels, 1 class, 256 x 256 plan; 3D: 1 input channel, 1 class, 128^3 plan; "
                     "no deep supervision), then every trainer with its network and a one-line description.")
     parser.add_argument("--no-counts", action="store_true", help="skip building the networks to count parameters")
@@ -26,16 +28,25 @@ def parameter_count(name: str, dims: int) -> int:
     return sum(p.numel() for p in network.parameters())
 
 
+def _network_of(entry, names: dict) -> str:
+    """The network a registered name builds (a variant's variant_of, followed to the network)."""
+    while entry.variant_of is not None:
+        entry = names[entry.variant_of]
+    return entry.name
+
+
 def run(args) -> int:
     from nnunet_mamba import discovery
     from nnunet_mamba.architectures import registered_networks
 
-    print("networks (registry name, dimensions, parameters, description):")
-    for name, entry in registered_networks().items():
+    print("networks, each followed by its variants (registry name, dimensions, parameters, description):")
+    names = registered_networks(variants=True)
+    width = max(16, *map(len, names))
+    for name, entry in sorted(names.items(), key=lambda item: list(names).index(_network_of(item[1], names))):
         counts = "" if args.no_counts else ", ".join(
             f"{d}D {parameter_count(name, d) / 1e6:.2f} M" for d in entry.dims)
         dims = "/".join(f"{d}D" for d in entry.dims)
-        print(f"  {name:<16} {dims:<6} {counts:<28} {entry.description}")
+        print(f"  {name:<{width}} {dims:<6} {counts:<28} {entry.description}")
     print("\ntrainers (nnUNetv2_train ... -tr NAME; network; description):")
     for name, trainer in discovery.our_trainers().items():
         summary = (inspect.getdoc(trainer) or "").split("\n")[0]

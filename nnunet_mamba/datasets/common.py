@@ -29,8 +29,9 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .parallel import parallel_map
-from .volumes import Geometry, VolumeError, check_complete, onto_grid, read_image, reader_error
+from nnunet_mamba.files import process_alive, write_json_atomically
+from nnunet_mamba.parallel import parallel_map
+from nnunet_mamba.volumes import Geometry, VolumeError, check_complete, onto_grid, read_image, reader_error
 
 SPLITS_FILENAME = "splits_final.json"
 # Test hook: seconds each case waits before it is written, so that a test can interrupt a conversion.
@@ -302,16 +303,6 @@ def _dataset_json(plan: DatasetPlan) -> dict:
     return content
 
 
-def _write_json(path: Path, content) -> None:
-    """Write ``content`` to ``path`` in one step: a reader sees the old file or the new one, never half of it."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_text(json.dumps(content, indent=2) + "\n")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _run_jobs(jobs: Sequence[CaseJob], staging: Path, file_ending: str, num_processes: int, desc: str) -> list[str]:
     results = parallel_map(_write_case, [(job, staging, file_ending) for job in jobs], num_processes, desc)
     return [warning for warnings in results for warning in warnings]
@@ -323,7 +314,7 @@ def write_splits(splits: list[dict[str, list[str]]], folder: Path) -> Path:
     except OSError as error:
         raise ConversionError(f"cannot create {folder} for {SPLITS_FILENAME}: {error}") from None
     path = folder / SPLITS_FILENAME
-    _write_json(path, splits)
+    write_json_atomically(path, splits)
     return path
 
 
@@ -404,19 +395,6 @@ def _stale_preprocessed_note(folder: Path, dataset_id: int, wrote_split: bool) -
 # --- staging folders ------------------------------------------------------------------------------
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. PermissionError: it exists, under another user
-        return True
-    try:  # a killed process that nobody has reaped yet is a zombie: dead for our purpose
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def sweep_stale_staging(root: Path) -> list[str]:
     """Remove the staging folders under ``root`` that a conversion killed outright (SIGKILL, power loss)
     left behind; returns one note per folder removed or left alone on purpose."""
@@ -431,7 +409,7 @@ def sweep_stale_staging(root: Path) -> list[str]:
             owner = (entry / _OWNER_FILE).read_text().strip()
         except OSError:
             owner = host
-        if owner != host or _process_alive(pid):
+        if owner != host or process_alive(pid):
             continue  # still being written, possibly by another machine sharing this folder
         if match["kind"] == "old" and not (Path(root) / match["dataset"]).exists():
             notes.append(
@@ -531,7 +509,7 @@ def write_dataset(
                 if any(c.label is not None for c in cases):
                     (staging / f"labels{subset}").mkdir()
             warnings = _run_jobs(plan.cases, staging, plan.file_ending, num_processes, f"Converting {folder_name}")
-            _write_json(staging / "dataset.json", _dataset_json(plan))
+            write_json_atomically(staging / "dataset.json", _dataset_json(plan))
             if plan.splits:
                 write_splits(plan.splits, staging)
             (staging / _OWNER_FILE).unlink()

@@ -14,8 +14,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nnunet_mamba.datasets.parallel import parallel_map
-from nnunet_mamba.datasets.volumes import Geometry, VolumeError, count_non_finite, onto_grid, read_image
+from nnunet_mamba.parallel import parallel_map
+from nnunet_mamba.volumes import Geometry, VolumeError, count_non_finite, onto_grid, read_image
 
 from .metrics import score_region
 from .protocols import EvalClass, resolve_classes, summarize

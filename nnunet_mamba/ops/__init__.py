@@ -6,7 +6,7 @@ from nnunet_mamba.ops.scan_numba import numba_details, numba_status, saved_state
 from nnunet_mamba.ops.scan_reference import selective_scan_ref
 from nnunet_mamba.ops.selective_scan import (
     BACKEND_CHOICES,
-    ENV_VAR,
+    SCAN_ENV_VAR,
     available_backends,
     backend_report,
     requested_backend,
@@ -18,7 +18,7 @@ from nnunet_mamba.ops.selective_scan import (
 __all__ = [
     "BACKENDS",
     "BACKEND_CHOICES",
-    "ENV_VAR",
+    "SCAN_ENV_VAR",
     "ScanBackend",
     "available_backends",
     "backend_report",

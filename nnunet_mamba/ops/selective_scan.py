@@ -31,7 +31,6 @@ from nnunet_mamba.ops.backends import (
     get_backend,
 )
 
-ENV_VAR = SCAN_ENV_VAR
 # set by scan_backend_override: a tool's choice for the calls inside its block (this thread and task only)
 SCOPED_ORIGIN = "scan_backend_override block"
 _scoped_backend: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("scan_backend", default=None)
@@ -42,7 +41,7 @@ def _normalized(choice: str, origin: str) -> str:
     if normalized not in BACKEND_CHOICES:
         raise ValueError(
             f"Invalid selective-scan backend {choice!r} from the {origin}; "
-            f"{ENV_VAR} / backend must be one of {', '.join(BACKEND_CHOICES)}.")
+            f"{SCAN_ENV_VAR} / backend must be one of {', '.join(BACKEND_CHOICES)}.")
     return normalized
 
 
@@ -56,8 +55,8 @@ def _requested(backend: Optional[str]) -> Tuple[str, str]:
     scoped = _scoped_backend.get()
     if scoped is not None:
         return scoped, SCOPED_ORIGIN
-    origin = f"environment variable {ENV_VAR}"
-    return _normalized(os.environ.get(ENV_VAR, AUTO), origin), origin
+    origin = f"environment variable {SCAN_ENV_VAR}"
+    return _normalized(os.environ.get(SCAN_ENV_VAR, AUTO), origin), origin
 
 
 def requested_backend(backend: Optional[str] = None) -> str:
@@ -98,7 +97,7 @@ def available_backends() -> Dict[str, str]:
 
 
 def backend_report() -> str:
-    lines = [f"{ENV_VAR}={os.environ.get(ENV_VAR, AUTO)} (choices: {', '.join(BACKEND_CHOICES)})"]
+    lines = [f"{SCAN_ENV_VAR}={os.environ.get(SCAN_ENV_VAR, AUTO)} (choices: {', '.join(BACKEND_CHOICES)})"]
     for name, reason in available_backends().items():
         lines.append(f"  {name}: {'available' if not reason else 'unavailable - ' + reason}")
     return "\n".join(lines)

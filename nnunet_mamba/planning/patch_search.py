@@ -13,12 +13,9 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
 
+from nnunet_mamba.architectures.plans import FEATUREMAP_MIN_EDGE_LENGTH, PlanTopology
 from nnunet_mamba.planning.memory_model import GIB, MemoryEstimate
-
-#: nnU-Net's UNet_featuremap_min_edge_length: no pooling below 4 voxels per axis
-FEATUREMAP_MIN_EDGE_LENGTH = 4
 
 
 class BudgetTooSmallError(ValueError):
@@ -26,63 +23,45 @@ class BudgetTooSmallError(ValueError):
 
 
 @dataclass(frozen=True)
-class Topology:
-    """nnU-Net's poolings and convolution kernels for a patch (which it may enlarge to a multiple of them)."""
-
-    patch_size: tuple[int, ...]
-    pool_op_kernel_sizes: tuple[tuple[int, ...], ...]
-    conv_kernel_sizes: tuple[tuple[int, ...], ...]
-    divisible_by: tuple[int, ...]
-
-    @classmethod
-    def for_patch(cls, spacing: Sequence[float], patch_size: Sequence[int]) -> "Topology":
-        _, pools, kernels, patch, divisible_by = get_pool_and_conv_props(
-            list(spacing), list(patch_size), FEATUREMAP_MIN_EDGE_LENGTH, 999999)
-        as_tuples = lambda rows: tuple(tuple(int(v) for v in row) for row in rows)  # noqa: E731
-        return cls(tuple(int(p) for p in patch), as_tuples(pools), as_tuples(kernels),
-                   tuple(int(d) for d in divisible_by))
-
-
-@dataclass(frozen=True)
 class PatchPlan:
-    topology: Topology
+    topology: PlanTopology
     batch_size: int
     estimate: MemoryEstimate
 
 
 #: bytes of one training step for a topology at batch size 1 (the fixed part plus one sample)
-Estimator = Callable[[Topology], MemoryEstimate]
+Estimator = Callable[[PlanTopology], MemoryEstimate]
 
 
 def _fits(estimate: MemoryEstimate, usable_bytes: int, batch_size: int) -> bool:
     return estimate.fixed_bytes + batch_size * estimate.per_sample_bytes <= usable_bytes
 
 
-def _shrunk(spacing, topology: Topology, axis: int) -> Topology:
+def _shrunk(spacing, topology: PlanTopology, axis: int) -> PlanTopology:
     # nnU-Net's step: subtracting the current divisor could skip valid sizes (256 - 64 = 192 misses 224), so
     # the divisor is recomputed for the smaller patch before it is subtracted
     smaller = list(topology.patch_size)
     smaller[axis] -= topology.divisible_by[axis]
-    step = Topology.for_patch(spacing, smaller).divisible_by[axis]
+    step = PlanTopology.for_patch(spacing, smaller).divisible_by[axis]
     patch = list(topology.patch_size)
     patch[axis] -= step
-    return Topology.for_patch(spacing, patch)
+    return PlanTopology.for_patch(spacing, patch)
 
 
 def fit_patch_to_budget(spacing: Sequence[float], median_shape: Sequence[float], initial_patch: Sequence[int],
                         estimator: Estimator, usable_bytes: int,
-                        min_batch_size: int = 2) -> tuple[Topology, MemoryEstimate]:
+                        min_batch_size: int = 2) -> tuple[PlanTopology, MemoryEstimate]:
     """The largest patch, by nnU-Net's shrinking rule (and growing, see the module docstring), whose estimate
     fits ``min_batch_size`` samples into ``usable_bytes``. Raises :class:`BudgetTooSmallError` if none does."""
     median = [float(m) for m in median_shape[:len(spacing)]]
-    cache: dict[Topology, MemoryEstimate] = {}
+    cache: dict[PlanTopology, MemoryEstimate] = {}
 
-    def estimate(topology: Topology) -> MemoryEstimate:
+    def estimate(topology: PlanTopology) -> MemoryEstimate:
         if topology not in cache:
             cache[topology] = estimator(topology)
         return cache[topology]
 
-    topology = Topology.for_patch(spacing, initial_patch)
+    topology = PlanTopology.for_patch(spacing, initial_patch)
     fixed = estimate(topology).fixed_bytes
     if fixed >= usable_bytes:  # no patch can help: fail before shrinking through every topology
         raise BudgetTooSmallError(
@@ -110,15 +89,15 @@ def fit_patch_to_budget(spacing: Sequence[float], median_shape: Sequence[float],
     return topology, estimate(topology)
 
 
-def _grow(spacing, median, topology: Topology, estimate: Estimator, usable_bytes: int,
-          min_batch_size: int) -> Topology:
+def _grow(spacing, median, topology: PlanTopology, estimate: Estimator, usable_bytes: int,
+          min_batch_size: int) -> PlanTopology:
     """One pooling step at a time on the axis smallest relative to the median shape that can still take one
     within the budget and the median shape, until none can."""
     while True:
         for axis in sorted(range(len(median)), key=lambda a: topology.patch_size[a] / median[a]):
             patch = list(topology.patch_size)
             patch[axis] += topology.divisible_by[axis]
-            candidate = Topology.for_patch(spacing, patch)
+            candidate = PlanTopology.for_patch(spacing, patch)
             if (candidate.patch_size[axis] <= median[axis]
                     and _fits(estimate(candidate), usable_bytes, min_batch_size)):
                 topology = candidate

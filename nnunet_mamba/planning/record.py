@@ -4,6 +4,12 @@
 ``{"nnunet_mamba": {"network": NAME, ...}}``. A trainer whose network is another one would train on a patch and
 batch sized for the wrong memory model (an out-of-memory failure or an under-used card), so it stops at
 ``initialize``. Plans written by nnU-Net's own planners carry no record and suit every network.
+
+Which plan fits which trainer: a configuration planned for NAME (a network or a variant, e.g. ``light_m_unet_v0``)
+fits the trainers whose ``network_name`` is NAME. A quick trainer builds the small instance of its network
+(``vm_unet_small`` for ``vm_unet``), which needs less memory than the network: it takes the network's plans and
+plans made for the small instance itself. A variant is a network of its own here (``light_m_unet`` plans do not fit
+a ``light_m_unet_v0`` trainer, nor the reverse): variants differ in memory.
 """
 from __future__ import annotations
 
@@ -25,11 +31,13 @@ def planned_network(configuration: dict) -> str | None:
 
 
 def require_planned_for(network_name: str, configuration: dict, *, trainer_name: str, plans_name: str,
-                        configuration_name: str, dataset_name: str, trainer_for_network=None) -> None:
-    """Raise :class:`PlanNetworkMismatch` when ``configuration`` was planned for a network other than
-    ``network_name``. ``trainer_for_network(name) -> trainer name or None`` suggests a trainer for the planned one."""
+                        configuration_name: str, dataset_name: str, builds: str | None = None,
+                        trainer_for_network=None) -> None:
+    """Raise :class:`PlanNetworkMismatch` when ``configuration`` was planned for a network other than the trainer's
+    ``network_name`` and the one it ``builds`` (its small instance, for a quick trainer; see the module docstring).
+    ``trainer_for_network(name) -> trainer name or None`` suggests a trainer for the planned one."""
     planned = planned_network(configuration)
-    if planned is None or planned == network_name:
+    if planned is None or planned in (network_name, builds):
         return
     record = configuration[PLANNING_KEY]
     budget = f" --gpu-memory-gb {record['gpu_memory_gb']:g}" if isinstance(record.get("gpu_memory_gb"),

@@ -1,11 +1,16 @@
-"""Reading public checkpoints safely: tensors only, whatever else the file pickled.
+"""Reading checkpoints: public ones safely, our own training checkpoints with named errors.
 
-Training checkpoints pickle more than weights (VMamba: a yacs config, numpy scalars). ``weights_only=True``
+Public training checkpoints pickle more than weights (VMamba: a yacs config, numpy scalars). ``weights_only=True``
 refuses such files and plain unpickling would import and run foreign code; :func:`read_checkpoint` builds
 the tensors and puts inert stand-ins in place of everything else.
+
+nnU-Net training checkpoints (``checkpoint_final.pth`` and the like, of this project's runs or nnU-Net's) are
+read whole by :func:`load_training_checkpoint`, as ``nnUNetv2_train --c`` and ``nnUNetv2_predict`` read them.
+Keys of a wrapped network are named as the bare network names them by :func:`strip_wrapper_prefixes`.
 """
 from __future__ import annotations
 
+import io
 import pickle
 import types
 import zipfile
@@ -16,13 +21,48 @@ import torch
 
 #: where training scripts keep the weights: VMamba saves {"model": ..., "model_ema": ...}; "model" wins
 CONTAINER_KEYS = ("model", "model_ema", "state_dict", "network_weights")
+#: what wrappers put before a network's keys: DataParallel, DDP and EMA ``module.``, torch.compile ``_orig_mod.``
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointReadError(RuntimeError):
+    """A file that cannot be read as an nnU-Net training checkpoint; the message names the file and why."""
+
+
+def strip_wrapper_prefixes(key: str) -> str:
+    """A state-dict key of a wrapped network (:data:`WRAPPER_PREFIXES`, nested in any order), as the bare network
+    names it."""
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def load_training_checkpoint(path, map_location="cpu", content: bytes | None = None) -> dict:
+    """The dict a training checkpoint holds (fully unpickled: read only files of runs you trust, as nnU-Net does).
+
+    ``content``: the file's bytes, already read (e.g. to hash them), so the file is read once. A missing file
+    raises ``FileNotFoundError``; anything else that is not a readable checkpoint dict raises
+    :class:`CheckpointReadError` (``"<path>: it ..."``).
+    """
+    try:
+        checkpoint = torch.load(io.BytesIO(content) if content is not None else path, map_location=map_location,
+                                weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # unpickling raises anything for a file that is not a checkpoint
+        raise CheckpointReadError(f"{path}: it is not a readable PyTorch checkpoint "
+                                  f"({type(error).__name__}: {error})") from error
+    if not isinstance(checkpoint, dict):
+        raise CheckpointReadError(f"{path}: it holds a {type(checkpoint).__name__}, not an nnU-Net training "
+                                  f"checkpoint")
+    return checkpoint
 
 
 def unwrap_state_dict(checkpoint, kind: str = "checkpoint") -> tuple[dict[str, torch.Tensor], str]:
     """The tensors of a state dict or of a checkpoint holding one under a :data:`CONTAINER_KEYS` key.
 
-    ``module.`` prefixes (DataParallel, DDP, EMA wrappers) are stripped. Returns the tensors and where they
-    were found, for messages.
+    Wrapper prefixes are stripped (:func:`strip_wrapper_prefixes`). Returns the tensors and where they were
+    found, for messages.
     """
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"not a {kind}: expected a state dict, found a {type(checkpoint).__name__}")
@@ -35,10 +75,7 @@ def unwrap_state_dict(checkpoint, kind: str = "checkpoint") -> tuple[dict[str, t
     tensors = {}
     for key, value in state.items():
         if isinstance(value, torch.Tensor):
-            name = str(key)
-            while name.startswith("module."):  # DataParallel / DDP / EMA wrappers
-                name = name[len("module."):]
-            tensors[name] = value
+            tensors[strip_wrapper_prefixes(str(key))] = value
     return tensors, where
 
 

@@ -227,7 +227,7 @@ def _nothing_matched_message(report: PretrainedReport, network: nn.Module, stem_
     if report.checkpoint_embed_dim is not None and report.checkpoint_embed_dim != expected:
         return (f"no tensor of {report.source} fits this {name}: the checkpoint is {report.variant}, the network "
                 f"has embed_dim {expected}. Build the network with embed_dim {report.checkpoint_embed_dim} "
-                f"(a trainer's network_overrides) or train from scratch.")
+                f"(a registered variant, see register_variant) or train from scratch.")
     reasons = "; ".join(f"{key}: {why}" for key, why in list(report.skipped.items())[:3])
     return f"no tensor of {report.source} fits this {name} ({report.variant}); e.g. {reasons or 'no counterparts'}"
 

@@ -10,12 +10,14 @@ from nnunet_mamba.architectures import get_network
 
 
 class QuickCPURun(nnUNetTrainerNoMirroring):
-    """Mixin placed before one of our trainers in the bases: the network's registered small instance, short
-    epochs, no mirroring, and a higher learning rate so that a few hundred iterations learn something."""
+    """Mixin placed before one of our trainers in the bases: the registered small instance of the trainer's network
+    (``vm_unet_small`` for ``vm_unet``), short epochs, no mirroring, and a higher learning rate so that a few hundred
+    iterations learn something. ``network_name`` stays the network's: its plans fit the small instance."""
 
     @classmethod
-    def network_kwargs(cls) -> dict:
-        return {**get_network(cls.network_name).small_overrides, **super().network_kwargs()}
+    def network_to_build(cls) -> str:
+        name = super().network_to_build()
+        return get_network(name).small_instance if name else name
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

@@ -17,8 +17,8 @@ from nnunet_mamba.distillation.dual_self_distillation import (
     ENCODER_PROGRESSIVE_PAPER,
     ENCODER_PROGRESSIVE_STUDENT_SIDE,
 )
-from nnunet_mamba.training.trainer_base import (MambaTrainerBase, _read_training_checkpoint,
-                                                saved_training_module_states)
+from nnunet_mamba.training.trainer_base import MambaTrainerBase
+from nnunet_mamba.training.training_modules import saved_training_module_states
 
 MODULE_NAME = "distillation"
 #: the heads' loss names -> the trainer's logged term names
@@ -71,12 +71,9 @@ class DualSelfDistillationTrainer(MambaTrainerBase):
             f"progressive term: {self.encoder_progressive}")
         return {MODULE_NAME: heads}
 
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
-        """The base's resume; a run whose checkpoint holds the learned student-side encoder progressive heads
-        (every run written before the paper's direction became the default) continues with those heads."""
-        if not self.was_initialized:
-            self.initialize()
-        checkpoint = _read_training_checkpoint(filename_or_checkpoint, self.device)
+    def adapt_to_checkpoint(self, checkpoint: dict) -> None:
+        """A run whose checkpoint holds the learned student-side encoder progressive heads (every run written
+        before the paper's direction became the default) continues with those heads."""
         saved = (saved_training_module_states(checkpoint) or {}).get(MODULE_NAME)
         if (self.encoder_progressive == ENCODER_PROGRESSIVE_PAPER and saved is not None
                 and "encoder_progressive.0.channel.bias" in saved):
@@ -88,7 +85,6 @@ class DualSelfDistillationTrainer(MambaTrainerBase):
             if self.is_ddp:
                 self._training_module_wrappers = {}
                 self._wrap_training_modules_for_ddp()
-        super().load_checkpoint(filename_or_checkpoint)  # read again: its errors name the file
 
     def compute_loss(self, data: torch.Tensor, target):
         with LevelFeatureTap(*self.bare_network.level_feature_modules()) as levels:

@@ -20,7 +20,6 @@ checkpoints, so that a continued run (``--c``) distils from the very same teache
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +27,9 @@ from pathlib import Path
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from torch import nn
+
+from nnunet_mamba.pretrained.checkpoint_io import (CheckpointReadError, load_training_checkpoint,
+                                                   strip_wrapper_prefixes)
 
 TEACHER_ENV_VAR = "NNUNET_MAMBA_TEACHER"
 TEACHER_CHECKPOINT_ENV_VAR = "NNUNET_MAMBA_TEACHER_CHECKPOINT"
@@ -174,11 +176,12 @@ def load_teacher(student: StudentSetting, device: torch.device, folder: str | No
     # not read twice)
     try:
         content = path.read_bytes()
-        checkpoint = torch.load(io.BytesIO(content), map_location="cpu", weights_only=False)
-    except Exception as error:  # unpickling raises anything for a file that is not a checkpoint
+        checkpoint = load_training_checkpoint(path, map_location="cpu", content=content)
+    except CheckpointReadError as error:  # its message names the file and why
+        raise TeacherError(f"cannot read the teacher checkpoint {error}") from error
+    except OSError as error:
         raise TeacherError(f"cannot read the teacher checkpoint {path} ({type(error).__name__}: {error})") from error
-    missing = [key for key in ("network_weights", "trainer_name", "init_args")
-               if not isinstance(checkpoint, dict) or key not in checkpoint]
+    missing = [key for key in ("network_weights", "trainer_name", "init_args") if key not in checkpoint]
     if missing:
         raise TeacherError(f"the teacher checkpoint {path} has no {', '.join(missing)}: it is not a checkpoint written "
                            f"by nnUNetv2_train")
@@ -191,7 +194,7 @@ def load_teacher(student: StudentSetting, device: torch.device, folder: str | No
     network = trainer_class.build_network_architecture(
         plans_manager, configuration, determine_num_input_channels(plans_manager, configuration, dataset_json),
         student.num_segmentation_heads, False)
-    weights = {_strip_wrappers(key): value for key, value in checkpoint["network_weights"].items()}
+    weights = {strip_wrapper_prefixes(key): value for key, value in checkpoint["network_weights"].items()}
     try:
         network.load_state_dict(weights)
     except RuntimeError as error:
@@ -204,10 +207,3 @@ def load_teacher(student: StudentSetting, device: torch.device, folder: str | No
                            configuration=student.configuration, fold=student.fold)
     return network, record
 
-
-def _strip_wrappers(key: str) -> str:
-    """Keys of a DDP- or torch.compile-wrapped network, as the bare network names them."""
-    for prefix in ("module.", "_orig_mod."):
-        if key.startswith(prefix):
-            key = key[len(prefix):]
-    return key

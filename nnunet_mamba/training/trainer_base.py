@@ -8,12 +8,13 @@ Hooks a trainer variant overrides (one thing each, like nnU-Net's own variants):
 * ``compute_loss(data, target) -> (segmentation_loss, {term: value})``: the forward pass and the loss. The
   one ``train_step`` adds ``loss_term_weights[term] * value`` for every term, then does AMP, gradient
   clipping (``gradient_clip_norm``; None switches it off) and the optimiser step.
-* ``build_training_modules() -> {name: module}``: modules used in training only (distillation heads, a
-  frozen teacher). Built once, before the optimiser; their trainable parameters are optimised and clipped
-  with the network's; under DDP each trainable one gets its own wrapper (call it through
-  ``training_module(name)``); the state of trainable ones is saved in every checkpoint under
-  ``training_modules`` and restored by ``--c``. They never enter ``self.network``, so prediction,
-  ensembling and ``-pretrained_weights`` see the plain network.
+* ``build_training_modules() -> {name: module}``: modules used in training only (e.g. DSVM-UNet's distillation
+  heads), optimised, DDP-wrapped, saved and restored with the run, never part of ``self.network``
+  (:mod:`nnunet_mamba.training.training_modules`). A frozen teacher is not one of them: it is read from its own
+  results folder (:mod:`nnunet_mamba.training.teacher`).
+* ``extra_checkpoint_state()`` / ``restore_extra_checkpoint_state(checkpoint)``: entries of a variant's own in every
+  checkpoint; ``adapt_to_checkpoint(checkpoint)``: rebuild for an older checkpoint layout before ``--c`` matches it
+  (:mod:`nnunet_mamba.training.checkpoint`).
 * ``build_lr_scheduler(optimizer)``; ``build_optimizer(parameters)``.
 * ``autocast_network`` (class attribute): False trains in float32 on CUDA too (no autocast around the forward
   pass and the loss, no gradient scaler); nnU-Net's validation step and predictor keep their autocast.
@@ -26,10 +27,12 @@ Hooks a trainer variant overrides (one thing each, like nnU-Net's own variants):
 
 Named loss terms are logged per epoch in the trainer's own :class:`LossTermLog` (saved in the checkpoint),
 printed in the training log and drawn in ``progress_loss_terms.png``.
+
+The training-only modules and the checkpoints are mixins of their own modules; :class:`MambaTrainerBase` is the
+one class trainers extend.
 """
 from __future__ import annotations
 
-import glob
 import os
 
 import numpy as np
@@ -43,11 +46,13 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_mamba import discovery
-from nnunet_mamba.architectures import PretrainedNotSupported, SegmentationNetwork, build_network
+from nnunet_mamba.architectures import PretrainedNotSupported, build_network
 from nnunet_mamba.architectures.registry import require_supported_dims
 from nnunet_mamba.planning.record import require_planned_for
+from nnunet_mamba.training.checkpoint import TrainingCheckpoints, epoch_checkpoint_name
 from nnunet_mamba.training.loss_terms import PLOT_NAME, LossTermLog
 from nnunet_mamba.training.lr_scheduler import CosineAnnealingLRScheduler
+from nnunet_mamba.training.training_modules import TrainingModules
 
 COMPILE_DISABLED_REASON = (
     "torch.compile is disabled for nnunet-mamba networks: the selective scan is an opaque custom autograd "
@@ -57,13 +62,9 @@ COMPILE_DISABLED_REASON = (
 
 #: path of a local checkpoint (e.g. VMamba ImageNet weights) that fresh runs start from; see load_pretrained
 PRETRAINED_ENV_VAR = "NNUNET_MAMBA_PRETRAINED"
-TRAINING_MODULES_KEY = "training_modules"
-LOSS_TERMS_KEY = "loss_term_logging"
-#: what a checkpoint must hold for --c
-REQUIRED_CHECKPOINT_KEYS = ("network_weights", "optimizer_state", "current_epoch", "init_args", "logging")
 
 
-class MambaTrainerBase(nnUNetTrainer):
+class MambaTrainerBase(TrainingModules, TrainingCheckpoints, nnUNetTrainer):
     """nnU-Net trainer for a network of the :mod:`nnunet_mamba.architectures` registry.
 
     Optimiser: AdamW (lr 1e-3, weight decay 1e-2) as in VM-UNet/DSVM-UNet; schedule: one half cosine from
@@ -71,9 +72,8 @@ class MambaTrainerBase(nnUNetTrainer):
     trainers reproduce that). Loss, deep supervision, augmentation and gradient clipping are nnU-Net's.
     """
 
+    #: the registered name of the trainer's network: a network or a variant of one (``nnunet-mamba models``)
     network_name: str = ""
-    #: constructor arguments that replace the plan-derived ones (e.g. a narrower network)
-    network_overrides: dict = {}
     #: nnU-Net clips the gradient norm at 12; None trains without clipping
     gradient_clip_norm: float | None = 12.0
     #: AdamW's epsilon
@@ -92,7 +92,7 @@ class MambaTrainerBase(nnUNetTrainer):
         self.weight_decay = 1e-2
         self.min_lr = 1e-5
         self._compile_notice_logged = False
-        self.training_modules: nn.ModuleDict | None = None
+        self.training_modules: nn.ModuleDict | None = None  # built with the optimiser (TrainingModules)
         self._training_module_wrappers: dict[str, DistributedDataParallel] = {}
         self.loss_term_log = LossTermLog()
         self._checkpoint_loaded = False
@@ -103,17 +103,17 @@ class MambaTrainerBase(nnUNetTrainer):
     # --- the network ------------------------------------------------------------------------------------
 
     @classmethod
-    def network_kwargs(cls) -> dict:
-        """Constructor arguments that replace the plan-derived ones."""
-        return dict(cls.network_overrides)
+    def network_to_build(cls) -> str:
+        """The registered name the trainer builds: its ``network_name`` (a quick run builds its small instance)."""
+        return cls.network_name
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True):
         if not cls.network_name:
             raise TypeError(f"{cls.__name__} does not name a network (set the class attribute network_name)")
-        return build_network(cls.network_name, configuration_manager, num_input_channels, num_output_channels,
-                             enable_deep_supervision, **cls.network_kwargs())
+        return build_network(cls.network_to_build(), configuration_manager, num_input_channels, num_output_channels,
+                             enable_deep_supervision)
 
     @property
     def bare_network(self) -> nn.Module:
@@ -123,8 +123,10 @@ class MambaTrainerBase(nnUNetTrainer):
     def initialize(self):
         if self.network_name and not self.was_initialized:
             # nnU-Net's classmethod cannot see the configuration's name: name it here
-            require_supported_dims(self.network_name, self.configuration_manager.patch_size, self.configuration_name)
+            require_supported_dims(self.network_to_build(), self.configuration_manager.patch_size,
+                                   self.configuration_name)
             require_planned_for(self.network_name, self.configuration_manager.configuration,
+                                builds=self.network_to_build(),
                                 trainer_name=type(self).__name__, plans_name=self.plans_manager.plans_name,
                                 configuration_name=self.configuration_name,
                                 dataset_name=self.plans_manager.dataset_name,
@@ -165,36 +167,6 @@ class MambaTrainerBase(nnUNetTrainer):
             self._compile_notice_logged = True
             self.print_to_log_file(COMPILE_DISABLED_REASON)
         return False
-
-    # --- training-only modules --------------------------------------------------------------------------
-
-    def build_training_modules(self) -> dict[str, nn.Module]:
-        """Modules used in training only, by name; the network exists when this is called."""
-        return {}
-
-    def _build_training_modules_once(self) -> None:
-        if self.training_modules is None:
-            self.training_modules = nn.ModuleDict(self.build_training_modules()).to(self.device)
-
-    def _wrap_training_modules_for_ddp(self) -> None:
-        for name, module in self.training_modules.items():
-            if any(p.requires_grad for p in module.parameters()):
-                self._training_module_wrappers[name] = DistributedDataParallel(module, device_ids=self.ddp_device_ids)
-
-    def training_module(self, name: str) -> nn.Module:
-        """The training-only module to call in ``compute_loss`` (its DDP wrapper under multi-GPU training)."""
-        return self._training_module_wrappers.get(name, self.training_modules[name])
-
-    def _saved_training_modules(self) -> dict[str, nn.Module]:
-        """Trainable training-only modules; frozen ones (a teacher) are rebuilt from their own source."""
-        return {name: module for name, module in self.training_modules.items()
-                if any(p.requires_grad for p in module.parameters())}
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """What the optimiser updates and gradient clipping sees: the network and the trainable training modules."""
-        extra = [p for module in self._saved_training_modules().values() for p in module.parameters()
-                 if p.requires_grad]
-        return list(self.network.parameters()) + extra
 
     # --- optimisation -----------------------------------------------------------------------------------
 
@@ -326,136 +298,6 @@ class MambaTrainerBase(nnUNetTrainer):
         self.print_to_log_file(f"{PRETRAINED_ENV_VAR}: {report.summary()}")
         return report
 
-    # --- checkpoints ----------------------------------------------------------------------------------------
-
-    def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint plus the training modules and loss terms, written atomically and durably.
-
-        nnU-Net writes in place, so an interrupted save leaves a truncated file that ``--c`` then fails on;
-        here the file appears only once complete.
-        """
-        self._write_checkpoint(filename, self.current_epoch + 1)
-
-    def _write_checkpoint(self, filename: str, epochs_done: int) -> None:
-        """The checkpoint of the state after ``epochs_done`` epochs (``--c`` continues with the next one)."""
-        if self.local_rank != 0:
-            return
-        if self.disable_checkpointing:
-            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
-            return
-        checkpoint = {
-            "network_weights": self.bare_network.state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
-            "current_epoch": epochs_done,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-            TRAINING_MODULES_KEY: {name: m.state_dict() for name, m in self._saved_training_modules().items()},
-            LOSS_TERMS_KEY: self.loss_term_log.state_dict(),
-            "loss_term_weights": self.loss_term_weights,
-            **self.extra_checkpoint_state(),
-        }
-        write_atomically(checkpoint, filename)
-
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
-        """nnU-Net's resume logic (which in 2.8 cannot take an already loaded dict), with named errors.
-
-        Everything is checked before any state changes, so a refused checkpoint leaves the trainer as it was.
-        """
-        if not self.was_initialized:
-            self.initialize()
-        source = filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else "the checkpoint"
-        checkpoint = _read_training_checkpoint(filename_or_checkpoint, self.device)
-        missing = [key for key in REQUIRED_CHECKPOINT_KEYS if key not in checkpoint]
-        if missing:
-            raise RuntimeError(
-                f"cannot continue from {source}: it has no {', '.join(repr(k) for k in missing)}, so it is not a "
-                f"training checkpoint written by nnU-Net (checkpoint_latest.pth / checkpoint_final.pth). Start a new "
-                f"training, optionally from its weights with -pretrained_weights.")
-        network_weights = self._matching_network_weights(checkpoint, source)
-        training_module_states = self._matching_training_module_states(checkpoint, source)
-
-        self.bare_network.load_state_dict(network_weights)
-        for name, state in training_module_states.items():
-            self.training_modules[name].load_state_dict(state)
-        self.my_init_kwargs = checkpoint["init_args"]
-        self.current_epoch = checkpoint["current_epoch"]
-        self.logger.load_checkpoint(checkpoint["logging"])
-        self.loss_term_log.load_state_dict(checkpoint.get(LOSS_TERMS_KEY, {}))
-        self._best_ema = checkpoint.get("_best_ema")
-        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
-                                                               self.inference_allowed_mirroring_axes)
-        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
-        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
-            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
-        self.restore_extra_checkpoint_state(checkpoint)
-        self._checkpoint_loaded = True
-
-    def extra_checkpoint_state(self) -> dict:
-        """Entries a trainer variant adds to every checkpoint (keys of its own); restored by ``--c``."""
-        return {}
-
-    def restore_extra_checkpoint_state(self, checkpoint: dict) -> None:
-        """Read back what :meth:`extra_checkpoint_state` saved (absent from checkpoints of other trainers)."""
-
-    def _written_by(self, checkpoint: dict) -> str:
-        init = checkpoint.get("init_args") or {}
-        plans = (init.get("plans") or {}).get("plans_name", "unknown plans")
-        return (f"written by {checkpoint.get('trainer_name', 'an unknown trainer')} with {plans}, configuration "
-                f"{init.get('configuration', '?')}")
-
-    def _matching_network_weights(self, checkpoint: dict, source: str) -> dict:
-        network = self.bare_network
-        own = network.state_dict()
-        weights = {key[len("module."):] if key not in own and key.startswith("module.") else key: value
-                   for key, value in checkpoint["network_weights"].items()}
-        probe = dict(weights)
-        if isinstance(network, SegmentationNetwork):
-            network.upgrade_legacy_keys(probe)
-        wrong_shape = [key for key in own if key in probe and tuple(probe[key].shape) != tuple(own[key].shape)]
-        missing = [key for key in own if key not in probe]
-        unexpected = [key for key in probe if key not in own]
-        if wrong_shape or missing or unexpected:
-            example = (f"e.g. {wrong_shape[0]} is {tuple(probe[wrong_shape[0]].shape)} there and "
-                       f"{tuple(own[wrong_shape[0]].shape)} here" if wrong_shape else
-                       f"e.g. {(missing or unexpected)[0]}")
-            raise RuntimeError(
-                f"cannot continue from {source}: its network ({self._written_by(checkpoint)}) is not the network of "
-                f"{type(self).__name__} with {self.plans_manager.plans_name}, configuration {self.configuration_name}: "
-                f"{len(wrong_shape)} tensors differ in shape, {len(missing)} are missing, {len(unexpected)} are "
-                f"unexpected ({example}). Resume with the trainer and plans that wrote it, or start a new training.")
-        return weights
-
-    def _matching_training_module_states(self, checkpoint: dict, source: str) -> dict[str, dict]:
-        expected = self._saved_training_modules()
-        if not expected:
-            return {}
-        saved = saved_training_module_states(checkpoint)
-        if not saved or set(saved) != set(expected):
-            raise RuntimeError(
-                f"{type(self).__name__} cannot continue from {source}: it needs the training-only modules "
-                f"{sorted(expected)} but the checkpoint holds {sorted(saved or {}) or 'none'} (it was "
-                f"{self._written_by(checkpoint)}). Resume with the trainer that wrote it, or start a new training "
-                f"(optionally from its weights with -pretrained_weights).")
-        for name, module in expected.items():
-            own = module.state_dict()
-            theirs = saved[name]
-            if own.keys() != theirs.keys() or any(tuple(own[k].shape) != tuple(theirs[k].shape) for k in own):
-                raise RuntimeError(
-                    f"the training-only module {name!r} in {source} (loss weights "
-                    f"{checkpoint.get('loss_term_weights', checkpoint.get('distillation_weights'))}) does not match "
-                    f"{type(self).__name__} (loss weights {self.loss_term_weights}); resume with the trainer that "
-                    f"wrote it.")
-        return saved
-
-
-def epoch_checkpoint_name(epoch: int) -> str:
-    """The periodic checkpoint written at the end of ``epoch`` (counted from 0), the official trainers' name."""
-    return f"checkpoint_{epoch}.pth"
-
 
 def _unwrap(network: nn.Module) -> nn.Module:
     if isinstance(network, DistributedDataParallel):
@@ -471,62 +313,3 @@ def _weight_sums(network: nn.Module) -> list[torch.Tensor]:
 
 def _same_weights(before: list[torch.Tensor] | None, after: list[torch.Tensor]) -> bool:
     return before is not None and len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after))
-
-
-def saved_training_module_states(checkpoint: dict) -> dict[str, dict] | None:
-    """The training-only modules' states a checkpoint holds (name -> state dict), None when it holds none."""
-    saved = checkpoint.get(TRAINING_MODULES_KEY)
-    if saved is None and "distillation_heads" in checkpoint:  # DSVM-UNet runs written before the generic mechanism
-        saved = {"distillation": checkpoint["distillation_heads"]}
-    return saved
-
-
-def _read_training_checkpoint(filename_or_checkpoint, device) -> dict:
-    if not isinstance(filename_or_checkpoint, str):
-        checkpoint = filename_or_checkpoint
-    else:
-        try:
-            checkpoint = torch.load(filename_or_checkpoint, map_location=device, weights_only=False)
-        except FileNotFoundError:
-            raise
-        except Exception as error:  # unpickling raises anything for a file that is not a checkpoint
-            raise RuntimeError(f"cannot continue from {filename_or_checkpoint}: it is not a readable PyTorch "
-                               f"checkpoint ({type(error).__name__}: {error})") from error
-    if not isinstance(checkpoint, dict):
-        raise RuntimeError(f"cannot continue from {filename_or_checkpoint!s}: it holds a "
-                           f"{type(checkpoint).__name__}, not an nnU-Net training checkpoint")
-    return checkpoint
-
-
-def write_atomically(obj, filename: str) -> None:
-    """``torch.save`` to a partial file next to ``filename``, flushed to disk, then renamed into place.
-
-    Partial files left by processes that died (SIGKILL gives no chance to clean up) are removed first.
-    """
-    folder, name = os.path.split(os.path.abspath(filename))
-    prefix = os.path.join(folder, f".{name}.partial-")
-    for stale in glob.glob(glob.escape(prefix) + "*"):
-        pid = stale[len(prefix):]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            os.remove(stale)
-    partial = f"{prefix}{os.getpid()}"
-    try:
-        with open(partial, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, filename)
-    except BaseException:
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

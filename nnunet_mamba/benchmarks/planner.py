@@ -1,8 +1,8 @@
 """What ``nnunet-mamba plan`` picks for a typical CT fingerprint, next to nnU-Net's default plans (README table),
 and how every network's memory model compares with a real forward pass (docs/benchmarks.md).
 
-    python -m nnunet_mamba.planning.comparison [--budgets 8 24 80] [--networks vm_unet ...]
-    python -m nnunet_mamba.planning.comparison --memory-model
+    nnunet-mamba benchmark planner [--budgets 8 24 80] [--networks vm_unet ...]
+    nnunet-mamba benchmark memory-model [--networks vm_unet ...]
 
 Plans a fingerprint-only dataset (no images are read; nnU-Net's planners need only the fingerprint and the file
 names) in a temporary folder with nnU-Net's default planner and with ours for every registered network and
@@ -11,7 +11,6 @@ plane at 0.7-0.9 mm, slices of 1.5-5 mm (median spacing 2.5 x 0.8 x 0.8 mm).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -75,26 +74,27 @@ def _cells(plans: dict) -> dict[str, str]:
     return cells
 
 
-def _quietly(planner) -> dict:
+def quietly(planner) -> dict:
+    """The planner's plans, without what nnU-Net prints while planning."""
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
         return planner.plan_experiment()
 
 
 def compare(networks, budgets) -> str:
-    """The markdown table (run in a process whose nnU-Net folders point at a scratch dataset, see main)."""
+    """The markdown table (run inside :func:`typical_ct_workspace`)."""
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
-    from nnunet_mamba.commands.plan import planners_package
+    from nnunet_mamba.planning.api import planners_package
 
     planner_class = planners_package().MambaExperimentPlanner
     rows = ["| planner | budget | 2d patch, batch | 3d_fullres patch, batch | 3d_lowres patch, batch |",
             "|---|---|---|---|---|"]
-    default = _cells(_quietly(ExperimentPlanner(DATASET_ID)))
+    default = _cells(quietly(ExperimentPlanner(DATASET_ID)))
     rows.append(f"| nnU-Net default (its UNet) | 8 GB | {default['2d']} | {default['3d_fullres']} | "
                 f"{default['3d_lowres']} |")
     for network in networks:
         for budget in budgets:
-            cells = _cells(_quietly(planner_class(DATASET_ID, budget, network_name=network)))
+            cells = _cells(quietly(planner_class(DATASET_ID, budget, network_name=network)))
             rows.append(f"| {network} | {budget:g} GB | {cells['2d']} | {cells['3d_fullres']} | {cells['3d_lowres']} |")
     return "\n".join(rows)
 
@@ -105,8 +105,9 @@ def build_for_memory_check(name: str, patch, small: bool):
     from nnunet_mamba.architectures import build_network, get_network, synthetic_configuration
 
     entry = get_network(name)
-    return build_network(name, synthetic_configuration(patch), MEMORY_MODEL_INPUT_CHANNELS, MEMORY_MODEL_CLASSES,
-                         entry.network_class.supports_deep_supervision, **(entry.small_overrides if small else {}))
+    return build_network(entry.small_instance if small else name, synthetic_configuration(patch),
+                         MEMORY_MODEL_INPUT_CHANNELS, MEMORY_MODEL_CLASSES,
+                         entry.network_class.supports_deep_supervision)
 
 
 def memory_model_table(networks) -> str:
@@ -143,24 +144,3 @@ def typical_ct_workspace():
             os.environ[name] = str(root / name)
         write_fingerprinted_dataset(root / "nnUNet_raw", root / "nnUNet_preprocessed", typical_ct_fingerprint())
         yield root
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--budgets", type=float, nargs="+", default=[8, 24, 80])
-    parser.add_argument("--networks", nargs="+", default=None, help="default: every registered network")
-    parser.add_argument("--memory-model", action="store_true",
-                        help="instead: every network's estimate against a measured forward pass (CPU)")
-    args = parser.parse_args(argv)
-    from nnunet_mamba.architectures import registered_networks
-
-    networks = args.networks or list(registered_networks())
-    if args.memory_model:
-        print(memory_model_table(networks))
-        return
-    with typical_ct_workspace():
-        print(compare(networks, args.budgets))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,8 @@
 """Does a training step at the planned patch and batch fit the budget? Measured on a CUDA GPU.
 
-    python -m nnunet_mamba.planning.gpu_check --budgets 8 24 [--networks vm_unet ...] [-c 2d 3d_fullres]
+    nnunet-mamba benchmark planner-gpu --budgets 8 24 [--networks vm_unet ...] [-c 2d 3d_fullres]
 
-For every network and budget: plans the typical CT fingerprint of :mod:`nnunet_mamba.planning.comparison` with
+For every network and budget: plans the typical CT fingerprint of :mod:`nnunet_mamba.benchmarks.planner` with
 ``MambaExperimentPlanner``, caps this process at the budget (``torch.cuda.set_per_process_memory_fraction``, so a
 plan above it fails with an out-of-memory error instead of passing on a larger card), and runs three training
 steps as nnU-Net's ``train_step`` does them: AMP (float16 autocast, GradScaler), Dice + CE with deep supervision
@@ -11,15 +11,13 @@ measured peaks; the planner's target is peak reserved + the CUDA context within 
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
 STEPS = 3
 
 
-def _train_steps(network, plan: dict, input_channels: int, num_classes: int, deep_supervision: bool, device,
-                 steps: int = STEPS, amp_dtype=None) -> list:
+def train_steps(network, plan: dict, input_channels: int, num_classes: int, deep_supervision: bool, device,
+                steps: int = STEPS, amp_dtype=None) -> list:
     """``steps`` training steps as nnU-Net's ``train_step`` does them; the loss of each step (a float).
 
     ``amp_dtype`` float16 (the default, nnU-Net's) scales the loss with a GradScaler; bfloat16 needs none."""
@@ -60,13 +58,13 @@ def _train_steps(network, plan: dict, input_channels: int, num_classes: int, dee
 
 
 def configuration_from_plan(plan: dict):
-    """The network-building configuration of one planned configuration (patch, strides, kernels, spacing)."""
-    from nnunet_mamba.architectures.registry import SyntheticConfiguration
+    """The :class:`~nnunet_mamba.architectures.plans.PlanTopology` one planned configuration records (patch,
+    strides, kernels, spacing)."""
+    from nnunet_mamba.architectures import PlanTopology
 
-    return SyntheticConfiguration(tuple(plan["patch_size"]),
-                                  tuple(map(tuple, plan["architecture"]["arch_kwargs"]["strides"])),
-                                  tuple(map(tuple, plan["architecture"]["arch_kwargs"]["kernel_sizes"])),
-                                  tuple(plan["spacing"]))
+    return PlanTopology(tuple(plan["patch_size"]), tuple(map(tuple, plan["architecture"]["arch_kwargs"]["strides"])),
+                        tuple(map(tuple, plan["architecture"]["arch_kwargs"]["kernel_sizes"])),
+                        tuple(plan["spacing"]))
 
 
 def plan_key(network_name: str, budget: float) -> str:
@@ -75,11 +73,11 @@ def plan_key(network_name: str, budget: float) -> str:
 
 def plan_all(networks, budgets) -> dict:
     """``plan_key(network, budget)`` -> the plans of the typical CT dataset (run inside typical_ct_workspace)."""
-    from nnunet_mamba.commands.plan import planners_package
-    from nnunet_mamba.planning.comparison import DATASET_ID, _quietly
+    from nnunet_mamba.benchmarks.planner import DATASET_ID, quietly
+    from nnunet_mamba.planning.api import planners_package
 
-    return {plan_key(name, budget): _quietly(planners_package().MambaExperimentPlanner(DATASET_ID, budget,
-                                                                                       network_name=name))
+    return {plan_key(name, budget): quietly(planners_package().MambaExperimentPlanner(DATASET_ID, budget,
+                                                                                      network_name=name))
             for name in networks for budget in budgets}
 
 
@@ -93,7 +91,8 @@ def measure(networks, budgets, configurations, plans: dict | None = None) -> lis
     from nnunet_mamba.planning.memory_model import GIB, TrainingMemoryModel
 
     if not torch.cuda.is_available():
-        raise SystemExit("gpu_check needs a CUDA GPU: it measures what a training step allocates there")
+        raise SystemExit("benchmark planner-gpu needs a CUDA GPU: it measures what a training step allocates "
+                         "there")
     plans = plans if plans is not None else plan_all(networks, budgets)
     device = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(device).total_memory
@@ -116,7 +115,7 @@ def measure(networks, budgets, configurations, plans: dict | None = None) -> lis
                 try:
                     network = build_network(network_name, configuration_from_plan(plan), 1, 3,
                                             deep_supervision).to(device)
-                    _train_steps(network, plan, 1, 3, deep_supervision, device)
+                    train_steps(network, plan, 1, 3, deep_supervision, device)
                     row["allocated_gib"] = torch.cuda.max_memory_allocated(device) / GIB
                     row["reserved_gib"] = torch.cuda.max_memory_reserved(device) / GIB
                     row["fraction_of_budget"] = (row["reserved_gib"] + context / GIB) / budget
@@ -141,21 +140,3 @@ def format_rows(rows) -> str:
 
 def check(networks, budgets, configurations) -> str:
     return format_rows(measure(networks, budgets, configurations))
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--budgets", type=float, nargs="+", default=[8, 24])
-    parser.add_argument("--networks", nargs="+", default=None, help="default: every registered network")
-    parser.add_argument("-c", dest="configurations", nargs="+", default=["2d", "3d_fullres"])
-    args = parser.parse_args(argv)
-    from nnunet_mamba.planning.comparison import typical_ct_workspace
-
-    with typical_ct_workspace():
-        from nnunet_mamba.architectures import registered_networks
-
-        print(check(args.networks or list(registered_networks()), args.budgets, args.configurations))
-
-
-if __name__ == "__main__":
-    main()
