@@ -65,3 +65,13 @@ def test_patch_embedding_is_channels_last_and_strided_per_axis():
 def test_scale_count_must_match_dimensions():
     with pytest.raises(ValueError, match="expected 2 scale factors"):
         PatchEmbedding(1, 8, (2, 2, 2), torch.nn.Conv2d)
+
+
+def test_expanding_with_sub_positions_alike_starts_as_a_nearest_neighbour_upsampling():
+    expanding = PatchExpanding(6, 4, (1, 2, 4))
+    drawn = expanding.expand.weight.detach().clone()
+    expanding.init_sub_positions_alike()
+    x = torch.randn(2, 3, 2, 5, 6)
+    first = x @ drawn[:4].T  # the first sub-position's projection, as drawn
+    nearest = first.repeat_interleave(1, 1).repeat_interleave(2, 2).repeat_interleave(4, 3)
+    torch.testing.assert_close(expanding(x), expanding.norm(nearest))

@@ -156,3 +156,25 @@ def test_conv_feature_map_size_scales_with_the_volume():
     # nearly proportional to the volume: only the scan's chunk-start states grow slower than the tokens
     # (tests/test_memory_model.py holds the estimate to a measured forward pass)
     assert 0 < small and 6 * small < large <= 8 * small
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_the_final_expanding_starts_with_its_sub_positions_alike(spatial_dims):
+    """Issue 23, item 7: drawn independently, the final 4x expanding's sub-positions paint a fixed pattern over the
+    logits that hides the image at the start; they start alike (a nearest-neighbour upsampling), the other
+    expandings keep VMamba's initialisation."""
+    patch = (16, 32, 32) if spatial_dims == 3 else (64, 64)
+    network = build_network("vm_unet_small", synthetic_configuration(patch), 1, 3, False)
+    final = network.decoder.final_expand
+    per_position = final.expand.weight.view(-1, final.out_dim, final.expand.in_features)
+    assert per_position.shape[0] == 4**spatial_dims
+    assert torch.equal(per_position, per_position[:1].expand_as(per_position))
+    upsample = network.decoder.upsamples[-1]
+    inner = upsample.expand.weight.view(-1, upsample.out_dim, upsample.expand.in_features)
+    assert not torch.equal(inner[0], inner[1])
+    tokens = torch.randn(1, *(p // 4 for p in patch), final.expand.in_features)
+    expanded = final(tokens)
+    nearest = expanded[(slice(None), *(slice(None, None, 4),) * spatial_dims)]
+    for axis in range(1, spatial_dims + 1):
+        nearest = nearest.repeat_interleave(4, axis)
+    assert torch.equal(expanded, nearest)

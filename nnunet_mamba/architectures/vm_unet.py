@@ -190,6 +190,9 @@ class VMUNet(SegmentationNetwork, LevelFeatureNetwork):
         self.level_dims = dims
         self.depths = (tuple(encoder_depths), tuple(decoder_depths))
         init_vmamba_weights(self)
+        # ours: the official code draws the final expanding's sub-positions independently; alike, the network
+        # starts seeing its input (see PatchExpanding.init_sub_positions_alike; issue 23 measured it in 3D)
+        self.decoder.final_expand.init_sub_positions_alike()
 
     def level_feature_modules(self) -> tuple[list[nn.Module], list[nn.Module]]:
         """The encoder and decoder VSS stages, shallowest (H/4) level first; outputs on the padded grid."""

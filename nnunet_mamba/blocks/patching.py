@@ -108,6 +108,19 @@ class PatchExpanding(nn.Module):
         x = x.reshape(batch, *(size * s for size, s in zip(spatial, self.scale)), self.out_dim)
         return self.norm(x)
 
+    def init_sub_positions_alike(self) -> None:
+        """Start every output sub-position from the same projection (ICNR, Aitken et al. 2017), so that the layer
+        starts as a nearest-neighbour upsampling followed by its norm.
+
+        Drawn independently, the ``prod(scale)`` projections paint a fixed pattern with the period of ``scale``
+        over every token, the same whatever the image; after a norm over few channels that pattern outweighs
+        the image's content (VM-UNet's final 4x expanding to C/4 channels). The network then starts almost blind
+        to its input, and each class leaves the all-background start at an iteration that depends on the seed.
+        """
+        with torch.no_grad():
+            per_position = self.expand.weight.view(math.prod(self.scale), self.out_dim, self.expand.in_features)
+            per_position.copy_(per_position[:1].expand_as(per_position).clone())
+
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Elements saved for backward on a grid of ``input_size``: the linear expansion keeps its input, the
         LayerNorm the scattered output."""

@@ -61,6 +61,14 @@ def _add_repeats(parser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up (default: 5)")
 
 
+def _add_network_input(parser, batch: int) -> None:
+    parser.add_argument("--network", default="vm_unet",
+                        help="registered name, a variant's too (`nnunet-mamba models`; default: vm_unet)")
+    parser.add_argument("--patch", type=int, nargs="+", default=[256, 256],
+                        help="patch size, 2 or 3 numbers (default: 256 256)")
+    parser.add_argument("--batch", type=int, default=batch, help=f"batch size (default: {batch})")
+
+
 def _add_backends(parser, default: list, help: str) -> None:
     parser.add_argument("--backends", nargs="+", default=default, choices=_ScanBackendChoices(), metavar="BACKEND",
                         help=help)
@@ -88,10 +96,7 @@ def _register_network(modes) -> None:
     network = modes.add_parser("network", help="a network's train step and inference, per scan backend",
                                description="Time AdamW train steps and inference of a registered network per scan "
                                            "backend, optionally next to nnU-Net's UNet built from the same plan.")
-    network.add_argument("--network", default="vm_unet", help="registry name (default: vm_unet)")
-    network.add_argument("--patch", type=int, nargs="+", default=[256, 256],
-                         help="patch size, 2 or 3 numbers (default: 256 256)")
-    network.add_argument("--batch", type=int, default=8, help="batch size (default: 8)")
+    _add_network_input(network, batch=8)
     _add_device(network)
     _add_repeats(network)
     _add_backends(network, ["auto"], "scan backends to compare, 'auto' or the names `nnunet-mamba doctor` lists "
@@ -106,10 +111,7 @@ def _register_flops(modes) -> None:
     flops = modes.add_parser("flops", help="a network's parameters and FLOPs/MACs, selective scan included",
                              description="Count a registered network's parameters and FLOPs/MACs of one forward "
                                          "pass, selective scan included (or with a paper's own counter).")
-    flops.add_argument("--network", default="vm_unet", help="registry name (default: vm_unet)")
-    flops.add_argument("--patch", type=int, nargs="+", default=[256, 256],
-                       help="patch size, 2 or 3 numbers (default: 256 256)")
-    flops.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
+    _add_network_input(flops, batch=1)
     _add_device(flops)
     # defaults are VM-UNet's published setting (RGB skin-lesion images, one foreground class)
     flops.add_argument("--input-channels", type=int, default=3, help="input channels (default: 3)")
