@@ -280,8 +280,8 @@ def step_amp_stability(settings: Dict, result_path: Path) -> None:
             row = {"network": name, "dtype": dtype, "backend": amp["backend"]}
             try:
                 with scan_backend_override(amp["backend"]):
-                    network = build_network(name, configuration, 1, 3, deep_supervision,
-                                            **_overrides(settings)[name]).to(device)
+                    built = get_network(name).small_instance if settings["small"] else name
+                    network = build_network(built, configuration, 1, 3, deep_supervision).to(device)
                     losses = train_steps(network, plan, 1, 3, deep_supervision, device, steps=amp["steps"],
                                           amp_dtype=getattr(torch, dtype))
                 del network
