@@ -121,8 +121,9 @@ def _register_flops(modes) -> None:
                             "counter: thop (thop.profile, LightM-UNet's figures) or fvcore (FlopCountAnalysis, "
                             "Swin-UMamba's figures); these two need the extra '.[paper-counts]'")
     flops.add_argument("--network-arg", action="append", default=[], metavar="NAME=VALUE",
-                       help="a constructor argument of the network (repeatable), e.g. variant=v0 for LightM-UNet's "
-                            "first upload; VALUE is read as a Python literal, else as a string")
+                       help="a constructor argument of the network (repeatable), e.g. skip_scale=channel for LightM-UNet; "
+                            "registered variants have names of their own (light_m_unet_v0). VALUE is read as a "
+                            "Python literal, else as a string")
     flops.add_argument("--distillation", action="store_true",
                        help="also count DSVM-UNet's training-only self-distillation heads")
     flops.set_defaults(func=_run_flops)
