@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "nnunet_mamba.commands.evaluate",
     "nnunet_mamba.commands.train",
     "nnunet_mamba.commands.plan",
+    "nnunet_mamba.commands.compare",
 )
 
 

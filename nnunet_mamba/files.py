@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -62,3 +63,14 @@ def write_json_atomically(path: str | os.PathLike, content) -> None:
     """``content`` as indented JSON (nnU-Net's layout), written with :func:`write_atomically`."""
     text = json.dumps(content, indent=2) + "\n"
     write_atomically(path, lambda file: file.write(text.encode()))
+
+
+def json_safe(value):
+    """``value`` with every non-finite float (NaN, infinity) replaced by None, which JSON writes as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value

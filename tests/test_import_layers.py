@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "nnunet_mamba"
 #: each package imports only from itself and those before it
 LAYERS = ("ops", "blocks", "pretrained", "architectures", "distillation", "planning", "datasets", "evaluation",
-          "training", "benchmarks", "commands")
+          "training", "benchmarks", "comparison", "commands")
 HELPERS = "top-level helper modules"
 #: the installed names of trainers/ and planners/, and the modules allowed to name them at run time
 OUTSIDE_PACKAGES = {"nnunet_mamba_trainers": "discovery.py", "nnunet_mamba_planners": "planning/api.py"}

@@ -6,6 +6,7 @@ import pytest
 from nnunet_mamba import __version__, discovery
 from nnunet_mamba.architectures import registered_networks
 from nnunet_mamba.cli import main
+from nnunet_mamba.commands.models import PLANS_NETWORK
 
 
 def test_models_lists_every_network_with_counts_and_every_trainer(capsys):
@@ -16,7 +17,8 @@ def test_models_lists_every_network_with_counts_and_every_trainer(capsys):
         assert entry.description in line
     assert re.search(r"vm_unet\s+2D/3D\s+2D 27\.43 M, 3D 33\.54 M", out), out
     for trainer, trainer_class in discovery.our_trainers().items():
-        assert re.search(rf"^  {trainer}\s+{trainer_class.network_name}\s+\S", out, flags=re.M), trainer
+        network = trainer_class.network_name or re.escape(PLANS_NETWORK)
+        assert re.search(rf"^  {trainer}\s+{network}\s+\S", out, flags=re.M), trainer
 
 
 def test_every_trainer_says_whose_protocol_it_follows():

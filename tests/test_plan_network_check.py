@@ -68,3 +68,14 @@ def test_a_quick_trainer_takes_its_networks_plans_and_its_small_instances(make_t
     with pytest.raises(PlanNetworkMismatch, match=r"sized for vm_unet_small; nnUNetTrainerVMUNet builds vm_unet: .* "
                                                   r"train with nnUNetTrainerVMUNetQuick"):
         _on_plans(make_trainer("nnUNetTrainerVMUNet"), "vm_unet_small").initialize()
+
+
+def test_a_no_mamba_ablation_takes_the_plans_of_the_network_it_ablates(make_trainer):
+    # an ablation trains on its network's patch and batch (and needs less memory): vm_unet plans fit it
+    trainer = _on_plans(make_trainer("nnUNetTrainerVMUNetNoMambaQuick"), "vm_unet")
+    trainer.initialize()
+    assert trainer.was_initialized and trainer.network.encoder.stages[0][0].ssm.token_mixer == "identity"
+    with pytest.raises(PlanNetworkMismatch, match=r"sized for light_m_unet; nnUNetTrainerVMUNetNoMambaQuick builds "
+                                                  r"vm_unet_no_mamba"):
+        _on_plans(make_trainer("nnUNetTrainerVMUNetNoMambaQuick"), "light_m_unet",
+                  "nnUNetMambaPlans_light_m_unet_24G").initialize()

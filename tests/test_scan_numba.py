@@ -382,3 +382,17 @@ def test_kernels_compile_in_memory_when_no_cache_location_is_writable(tmp_path):
     assert result.returncode == 0, result.stderr
     cache, note, value = result.stdout.strip().splitlines()
     assert cache == "False" and "compiled in memory" in note and float(value) == 1.0
+
+
+def test_the_first_scan_leaves_torchs_thread_count_as_the_user_set_it():
+    # numba's OpenMP layer resets OpenMP's thread count when it starts, and torch shares it: a process (a data
+    # loader worker, one of two test processes) set to one thread ran on every core after its first scan
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from nnunet_mamba.ops import selective_scan\n"
+            "u, delta = torch.randn(1, 8, 64), torch.rand(1, 8, 64)\n"
+            "selective_scan(u, delta, -torch.rand(8, 4), torch.randn(1, 1, 4, 64), torch.randn(1, 1, 4, 64))\n"
+            "print(torch.get_num_threads())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, SCAN_ENV_VAR: "numba", "OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"

@@ -24,6 +24,12 @@ class nnUNetTrainerDSVMUNetProgOnly(nnUNetTrainerDSVMUNet):
     distillation_alpha = 0.0
 
 
+class nnUNetTrainerDSVMUNetNoMamba(nnUNetTrainerDSVMUNet):
+    """Ours (ablation): DSVM-UNet's training of VM-UNet without its selective scan; takes VM-UNet's plans."""
+
+    network_name = "vm_unet_no_mamba"
+
+
 class nnUNetTrainerDSVMUNetQuick(QuickCPURun, nnUNetTrainerDSVMUNet):
     """Ours: the minutes-long CPU run of nnUNetTrainerVMUNetQuick, with dual self-distillation."""
 

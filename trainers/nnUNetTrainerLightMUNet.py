@@ -24,5 +24,15 @@ class nnUNetTrainerLightMUNetV0(nnUNetTrainerLightMUNet):
     network_name = "light_m_unet_v0"
 
 
+class nnUNetTrainerLightMUNetNoMamba(nnUNetTrainerLightMUNet):
+    """Ours (ablation): LightM-UNet without its selective scan, all else equal; takes LightM-UNet's plans."""
+
+    network_name = "light_m_unet_no_mamba"
+
+
 class nnUNetTrainerLightMUNetQuick(QuickCPURun, nnUNetTrainerLightMUNet):
     """Ours: a minutes-long CPU run for tests (init_filters 16, one block per level; 6 x 25 iterations, lr 2e-3)."""
+
+
+class nnUNetTrainerLightMUNetNoMambaQuick(QuickCPURun, nnUNetTrainerLightMUNetNoMamba):
+    """Ours: the minutes-long CPU run of nnUNetTrainerLightMUNetQuick, without the selective scan."""

@@ -72,6 +72,18 @@ class nnUNetTrainerSwinUMambaDAdaptedEmbedding(nnUNetTrainerSwinUMambaD):
     network_name = "swin_umamba_d_adapted_embedding"
 
 
+class nnUNetTrainerSwinUMambaNoMamba(nnUNetTrainerSwinUMamba):
+    """Ours (ablation): Swin-UMamba without its selective scan, all else equal; takes Swin-UMamba's plans."""
+
+    network_name = "swin_umamba_no_mamba"
+
+
+class nnUNetTrainerSwinUMambaDNoMamba(nnUNetTrainerSwinUMambaD):
+    """Ours (ablation): Swin-UMamba-dagger without its selective scan; takes Swin-UMamba-dagger's plans."""
+
+    network_name = "swin_umamba_d_no_mamba"
+
+
 class nnUNetTrainerSwinUMambaQuick(QuickCPURun, nnUNetTrainerSwinUMamba):
     """Ours: a minutes-long CPU run (the registered small instance); a pretrained encoder frozen for 2 epochs."""
 
@@ -80,5 +92,17 @@ class nnUNetTrainerSwinUMambaQuick(QuickCPURun, nnUNetTrainerSwinUMamba):
 
 class nnUNetTrainerSwinUMambaDQuick(QuickCPURun, nnUNetTrainerSwinUMambaD):
     """Ours: a minutes-long CPU run of Swin-UMamba-dagger (the registered small instance); 2 frozen epochs."""
+
+    encoder_freeze_epochs = 2
+
+
+class nnUNetTrainerSwinUMambaNoMambaQuick(QuickCPURun, nnUNetTrainerSwinUMambaNoMamba):
+    """Ours: the minutes-long CPU run of nnUNetTrainerSwinUMambaQuick, without the selective scan."""
+
+    encoder_freeze_epochs = 2
+
+
+class nnUNetTrainerSwinUMambaDNoMambaQuick(QuickCPURun, nnUNetTrainerSwinUMambaDNoMamba):
+    """Ours: the minutes-long CPU run of nnUNetTrainerSwinUMambaDQuick, without the selective scan."""
 
     encoder_freeze_epochs = 2

@@ -70,6 +70,18 @@ class nnUNetTrainerUltraLBMUNetTAMP(nnUNetTrainerUltraLBMUNetT):
     autocast_network = True
 
 
+class nnUNetTrainerUltraLBMUNetNoMamba(nnUNetTrainerUltraLBMUNet):
+    """Ours (ablation): UltraLBM-UNet without the selective scan of its GLMBP blocks; takes UltraLBM-UNet's plans."""
+
+    network_name = "ultralbm_unet_no_mamba"
+
+
+class nnUNetTrainerUltraLBMUNetTNoKDNoMamba(nnUNetTrainerUltraLBMUNetTNoKD):
+    """Ours (ablation): UltraLBM-UNet-T alone, without the selective scan of its GLMBP blocks."""
+
+    network_name = "ultralbm_unet_t_no_mamba"
+
+
 class nnUNetTrainerUltraLBMUNetQuick(QuickCPURun, nnUNetTrainerUltraLBMUNet):
     """Ours: a minutes-long CPU run of the teacher (6 epochs of 25 iterations, lr 2e-3)."""
 
@@ -80,3 +92,7 @@ class nnUNetTrainerUltraLBMUNetTNoKDQuick(QuickCPURun, nnUNetTrainerUltraLBMUNet
 
 class nnUNetTrainerUltraLBMUNetTQuick(QuickCPURun, nnUNetTrainerUltraLBMUNetT):
     """Ours: a minutes-long CPU run of the distilled student (the teacher: a Quick teacher run of the same fold)."""
+
+
+class nnUNetTrainerUltraLBMUNetNoMambaQuick(QuickCPURun, nnUNetTrainerUltraLBMUNetNoMamba):
+    """Ours: a minutes-long CPU run of the teacher without the selective scan."""

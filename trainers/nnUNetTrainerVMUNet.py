@@ -14,3 +14,13 @@ class nnUNetTrainerVMUNetQuick(QuickCPURun, nnUNetTrainerVMUNet):
 
 class nnUNetTrainerVMUNetPaper(PaperProtocol, nnUNetTrainerVMUNet):
     """Official protocol of VM-UNet's code: BceDice, no deep supervision, no clipping, CosineAnnealingLR T_max 50."""
+
+
+class nnUNetTrainerVMUNetNoMamba(nnUNetTrainerVMUNet):
+    """Ours (ablation): VM-UNet without its selective scan, all else equal; takes VM-UNet's plans."""
+
+    network_name = "vm_unet_no_mamba"
+
+
+class nnUNetTrainerVMUNetNoMambaQuick(QuickCPURun, nnUNetTrainerVMUNetNoMamba):
+    """Ours: the minutes-long CPU run of nnUNetTrainerVMUNetQuick, without the selective scan."""

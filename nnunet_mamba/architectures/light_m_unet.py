@@ -66,12 +66,12 @@ class RVMLayer(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, d_state: int = 16, skip_scale: str = "scalar",
-                 separate_post_ln: bool = False):
+                 separate_post_ln: bool = False, token_mixer: str = "scan"):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.norm = nn.LayerNorm(in_channels)
-        self.mamba = Mamba(in_channels, d_state=d_state, d_conv=4, expand=2)
+        self.mamba = Mamba(in_channels, d_state=d_state, d_conv=4, expand=2, token_mixer=token_mixer)
         self.proj = nn.Linear(in_channels, out_channels)
         self.skip_scale = nn.Parameter(torch.ones(1 if skip_scale == "scalar" else in_channels))
         self.post_norm = nn.LayerNorm(in_channels) if separate_post_ln else None
@@ -238,6 +238,8 @@ class LightMUNet(SegmentationNetwork):
         separate_post_ln: give the RVM layer's second LayerNorm its own weights (the paper; the code shares one).
         d_state: SSM state size (16).
         deep_supervision: must be False; the network has a single output.
+        token_mixer: "scan" (the paper), or a No-Mamba ablation: "identity" or "dwconv"
+            (:mod:`nnunet_mamba.blocks.token_mixer`).
     """
 
     supports_deep_supervision = False
@@ -256,6 +258,7 @@ class LightMUNet(SegmentationNetwork):
         separate_post_ln: bool = False,
         d_state: int = 16,
         deep_supervision: bool = False,
+        token_mixer: str = "scan",
     ):
         super().__init__(conv_op)
         self.check_deep_supervision_request(deep_supervision)
@@ -280,7 +283,8 @@ class LightMUNet(SegmentationNetwork):
             self.check_input_shape(input_shape)
         self.widths = [init_filters * 2 ** i for i in range(len(blocks_down))]
         self.blocks_down = tuple(int(b) for b in blocks_down)
-        rvm_options = {"d_state": d_state, "skip_scale": skip_scale, "separate_post_ln": separate_post_ln}
+        rvm_options = {"d_state": d_state, "skip_scale": skip_scale, "separate_post_ln": separate_post_ln,
+                       "token_mixer": token_mixer}
         self.encoder = LightMUNetEncoder(input_channels, self.widths, self.blocks_down, self.strides[1:], conv_op,
                                          variant, rvm_options)
         self.decoder = LightMUNetDecoder(self.widths, self.strides[1:], num_classes, conv_op, variant)

@@ -37,6 +37,9 @@ class RegisteredNetwork:
 _REGISTRY: dict[str, RegisteredNetwork] = {}
 #: suffix of the small instance a network registers with ``register_network(..., small=...)``
 SMALL_SUFFIX = "_small"
+#: suffix of every network's No-Mamba ablation (its scan replaced by identity; see nnunet_mamba.blocks.token_mixer)
+NO_MAMBA_SUFFIX = "_no_mamba"
+NO_MAMBA_ARGS = {"token_mixer": "identity"}
 
 
 def _add(entry: RegisteredNetwork) -> RegisteredNetwork:
@@ -54,6 +57,10 @@ def register_network(name: str, dims: Sequence[int] = (2, 3), description: str =
     ``small``: constructor arguments of a small instance that still learns in a few hundred CPU iterations,
     registered as the variant ``<name>_small`` (what the quick trainers and the contract tests build). A network
     that is small already registers none.
+
+    Every network also gets its No-Mamba ablation, ``<name>_no_mamba`` (with ``<name>_no_mamba_small`` where
+    there is a small instance): the network constructed with ``token_mixer="identity"``, which needs a
+    ``token_mixer`` constructor argument.
     """
     def register(network_class: type) -> type:
         if not hasattr(network_class, "from_plan"):
@@ -66,19 +73,28 @@ def register_network(name: str, dims: Sequence[int] = (2, 3), description: str =
             arguments = ", ".join(f"{key}={value}" for key, value in small.items())
             register_variant(small_name, of=name, args=small,
                              description=f"{name}, small for minutes-long CPU runs and tests ({arguments})")
+        ablation = f"{name}{NO_MAMBA_SUFFIX}"
+        ablation_small = f"{ablation}{SMALL_SUFFIX}" if small else ablation
+        register_variant(ablation, of=name, args=NO_MAMBA_ARGS, small_instance=ablation_small,
+                         description=f"{name} without its selective scan (No-Mamba ablation, token_mixer='identity')")
+        if small:
+            register_variant(ablation_small, of=small_name, args=NO_MAMBA_ARGS,
+                             description=f"{small_name} without its selective scan (No-Mamba ablation)")
         return network_class
     return register
 
 
-def register_variant(name: str, of: str, args: dict, description: str) -> RegisteredNetwork:
+def register_variant(name: str, of: str, args: dict, description: str,
+                     small_instance: str | None = None) -> RegisteredNetwork:
     """Register ``name``: the registered network (or variant) ``of`` built with the constructor arguments ``args``
     (over those of ``of``), as timm registers a builder function with its default arguments. It can be planned for,
-    trained (a trainer's ``network_name``), listed and counted like any network."""
+    trained (a trainer's ``network_name``), listed and counted like any network. ``small_instance``: the registered
+    name quick runs build in its place (default: ``name`` itself)."""
     base = _REGISTRY.get(of)
     if base is None:
         raise KeyError(f"variant {name!r} of {of!r}: {of!r} is not registered (register the network first)")
     return _add(RegisteredNetwork(name, base.network_class, base.dims, description, {**base.default_args, **args},
-                                  variant_of=of, small_instance=name))
+                                  variant_of=of, small_instance=small_instance or name))
 
 
 def _import_network_modules() -> None:
@@ -99,6 +115,12 @@ def get_network(name: str) -> RegisteredNetwork:
     if name not in names:
         raise KeyError(f"unknown network {name!r}; known: {', '.join(sorted(names))}")
     return names[name]
+
+
+def ablated_network(name: str) -> str | None:
+    """The network whose No-Mamba ablation ``name`` is (``vm_unet`` for ``vm_unet_no_mamba``); None otherwise."""
+    entry = get_network(name)
+    return entry.variant_of if name.endswith(NO_MAMBA_SUFFIX) else None
 
 
 def require_supported_dims(name: str, patch_size: Sequence[int],

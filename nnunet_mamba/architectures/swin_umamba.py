@@ -131,12 +131,12 @@ class VSSEncoder(nn.Module):
 
     def __init__(self, in_channels: int, dims: Sequence[int], depths: Sequence[int],
                  strides: Sequence[Sequence[int]], conv_op: type[nn.Module], spatial_dims: int,
-                 drop_path_rate: float, d_state: int):
+                 drop_path_rate: float, vss_options: dict):
         super().__init__()
         drop_paths = stage_drop_paths(depths, drop_path_rate)
         self.patch_embed = PatchEmbedding(in_channels, dims[0], strides[0], conv_op)
         self.stages = nn.ModuleList(
-            VSSStage(dims[i], depths[i], spatial_dims, drop_paths[i], d_state) for i in range(NUM_STAGES))
+            VSSStage(dims[i], depths[i], spatial_dims, drop_paths[i], **vss_options) for i in range(NUM_STAGES))
         self.downsamples = nn.ModuleList(
             PatchMerging(dims[i], dims[i + 1], strides[i + 1]) for i in range(NUM_STAGES - 1))
         init_vmamba_weights(self)
@@ -224,6 +224,8 @@ class SwinUMamba(_SwinUMambaBase):
         d_state: SSM state size.
         drop_path_rate: stochastic depth rising linearly over the encoder blocks (0.2).
         deep_supervision: also return the outputs at 1/2, 1/4 and 1/8.
+        token_mixer: "scan" (the paper), or a No-Mamba ablation: "identity" or "dwconv"
+            (:mod:`nnunet_mamba.blocks.token_mixer`).
     """
 
     pools_per_level = (1, 1, 1, 1, 1)
@@ -231,7 +233,7 @@ class SwinUMamba(_SwinUMambaBase):
     def __init__(self, input_channels: int, num_classes: int, conv_op: type[nn.Module] = nn.Conv2d,
                  strides: Sequence[int | Sequence[int]] = (2, 2, 2, 2, 2), input_shape: Sequence[int] | None = None,
                  embed_dim: int = 96, encoder_depths: Sequence[int] = VMAMBA_T_DEPTHS, d_state: int = 16,
-                 drop_path_rate: float = 0.2, deep_supervision: bool = False):
+                 drop_path_rate: float = 0.2, deep_supervision: bool = False, token_mixer: str = "scan"):
         super().__init__(conv_op)
         _check_widths("SwinUMamba", embed_dim, encoder_depths, strides, len(self.pools_per_level))
         self.strides = [self.per_axis(s) for s in strides]
@@ -244,7 +246,7 @@ class SwinUMamba(_SwinUMambaBase):
 
         self.stem = ConvStem(conv_op, input_channels, self.stem_dim, self.strides[0])
         self.encoder = VSSEncoder(self.stem_dim, self.dims, self.encoder_depths, self.strides[1:], conv_op,
-                                  self.spatial_dims, drop_path_rate, d_state)
+                                  self.spatial_dims, drop_path_rate, {"d_state": d_state, "token_mixer": token_mixer})
         self.decoder = SwinUMambaDecoder(input_channels, self.stem_dim, self.dims, self.strides, num_classes, conv_op,
                                          deep_supervision)
         self.key_to_encoder = "encoder"
@@ -345,7 +347,7 @@ class SwinUMambaD(_SwinUMambaBase):
                  strides: Sequence[int | Sequence[int]] = (4, 2, 2, 2), input_shape: Sequence[int] | None = None,
                  embed_dim: int = 96, encoder_depths: Sequence[int] = VMAMBA_T_DEPTHS, decoder_depth: int = 2,
                  d_state: int = 16, drop_path_rate: float = 0.2, deep_supervision: bool = False,
-                 adapt_rgb_embedding: bool = False):
+                 adapt_rgb_embedding: bool = False, token_mixer: str = "scan"):
         super().__init__(conv_op)
         _check_widths("SwinUMambaD", embed_dim, encoder_depths, strides, len(self.pools_per_level))
         self.adapt_rgb_embedding = bool(adapt_rgb_embedding)
@@ -359,9 +361,10 @@ class SwinUMambaD(_SwinUMambaBase):
         self.encoder_depths = tuple(int(d) for d in encoder_depths)
         self.decoder_depth = int(decoder_depth)
 
+        vss_options = {"d_state": d_state, "token_mixer": token_mixer}
         self.encoder = VSSEncoder(input_channels, self.dims, self.encoder_depths, self.strides, conv_op,
-                                  self.spatial_dims, drop_path_rate, d_state)
-        self.decoder = MambaDecoder(self.dims, self.strides, self.decoder_depth, self.spatial_dims, d_state,
+                                  self.spatial_dims, drop_path_rate, vss_options)
+        self.decoder = MambaDecoder(self.dims, self.strides, self.decoder_depth, self.spatial_dims, vss_options,
                                     drop_path_rate, num_classes, conv_op, deep_supervision)
         # nnU-Net's InitWeights_He on every convolution, as the official builder applies after construction
         self.apply(InitWeights_He(1e-2))
@@ -401,7 +404,7 @@ class MambaDecoder(nn.Module):
     """Swin-UMamba-dagger's decoder: patch expanding, linear merge of the skip, VSS blocks; a final expanding."""
 
     def __init__(self, dims: Sequence[int], strides: Sequence[Sequence[int]], depth: int, spatial_dims: int,
-                 d_state: int, drop_path_rate: float, num_classes: int, conv_op: type[nn.Module],
+                 vss_options: dict, drop_path_rate: float, num_classes: int, conv_op: type[nn.Module],
                  deep_supervision: bool):
         super().__init__()
         self.deep_supervision = deep_supervision
@@ -410,7 +413,7 @@ class MambaDecoder(nn.Module):
         self.upsamples = nn.ModuleList(PatchExpanding(dims[level + 1], dims[level + 1] // 2, strides[level + 1])
                                        for level in levels)
         self.merges = nn.ModuleList(nn.Linear(2 * dims[level], dims[level]) for level in levels)
-        self.stages = nn.ModuleList(VSSStage(dims[level], depth, spatial_dims, rates[i], d_state)
+        self.stages = nn.ModuleList(VSSStage(dims[level], depth, spatial_dims, rates[i], **vss_options)
                                     for i, level in enumerate(levels))
         self.final_expand = PatchExpanding(dims[0], dims[0], strides[0])
         # the full-resolution head after the final expanding, then heads on the decoder stages at levels 0, 1, 2

@@ -202,10 +202,10 @@ class GLMBP(MultiBranchBlock):
     "token" flips the sequence, "channel" the channels as the official code), x3 a depthwise-separable conv."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: Sequence[int], conv_op, separable_norm: str,
-                 reverse: str = "token", d_state: int = 16):
+                 reverse: str = "token", d_state: int = 16, token_mixer: str = "scan"):
         super().__init__(in_channels, out_channels)
         self.reverse = reverse
-        self.mamba = Mamba(in_channels // 4, d_state=d_state, d_conv=4, expand=2)
+        self.mamba = Mamba(in_channels // 4, d_state=d_state, d_conv=4, expand=2, token_mixer=token_mixer)
         self.local = DepthwiseSeparableConv(in_channels // 4, kernel, conv_op, separable_norm)
 
     def global_branches(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -348,6 +348,8 @@ class UltraLBMUNet(SegmentationNetwork):
         mamba_dt_init: keep Mamba's own dt_proj initialisation (the official init zeroes dt_proj.bias).
         d_state: SSM state size (16).
         deep_supervision: must be False; the network has a single output.
+        token_mixer: "scan" (the paper), or a No-Mamba ablation of both Mamba passes: "identity" or "dwconv"
+            (:mod:`nnunet_mamba.blocks.token_mixer`).
     """
 
     supports_deep_supervision = False
@@ -369,6 +371,7 @@ class UltraLBMUNet(SegmentationNetwork):
         mamba_dt_init: bool = False,
         d_state: int = 16,
         deep_supervision: bool = False,
+        token_mixer: str = "scan",
     ):
         super().__init__(conv_op)
         self.check_deep_supervision_request(deep_supervision)
@@ -396,13 +399,14 @@ class UltraLBMUNet(SegmentationNetwork):
         self.level_kernels = self._level_kernels(kernel_sizes)
         self.widths = widths
         self.channel_multiplier = channel_multiplier
-        block_options = {"separable_norm": separable_norm, "reverse": reverse, "d_state": d_state}
+        block_options = {"separable_norm": separable_norm, "reverse": reverse, "d_state": d_state,
+                         "token_mixer": token_mixer}
         self.encoder = UltraLBMEncoder(input_channels, widths, self.strides[1:], self.level_kernels, conv_op,
                                        block_options)
         self.decoder = UltraLBMDecoder(widths, num_classes, self.level_kernels, conv_op, block_options,
                                        learnable_skip)
         self.apply(_official_init)
-        if mamba_dt_init:
+        if mamba_dt_init:  # a no-op for the No-Mamba ablation, which has no dt_proj
             for module in self.modules():
                 if isinstance(module, Mamba):
                     module.reset_ssm_parameters()

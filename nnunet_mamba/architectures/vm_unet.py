@@ -50,10 +50,10 @@ POOLS_PER_LEVEL = (2, 1, 1, 1)
 
 
 class VMUNetEncoder(nn.Module):
-    def __init__(self, dims, depths, merge_strides, spatial_dims, drop_paths, d_state):
+    def __init__(self, dims, depths, merge_strides, spatial_dims, drop_paths, vss_options):
         super().__init__()
         self.stages = nn.ModuleList(
-            VSSStage(dims[i], depths[i], spatial_dims, drop_paths[i], d_state) for i in range(NUM_LEVELS)
+            VSSStage(dims[i], depths[i], spatial_dims, drop_paths[i], **vss_options) for i in range(NUM_LEVELS)
         )
         self.downsamples = nn.ModuleList(
             PatchMerging(dims[i], dims[i + 1], merge_strides[i]) for i in range(NUM_LEVELS - 1)
@@ -76,13 +76,14 @@ class VMUNetEncoder(nn.Module):
 
 
 class VMUNetDecoder(nn.Module):
-    def __init__(self, dims, depths, merge_strides, embed_stride, spatial_dims, drop_paths, d_state, num_classes,
+    def __init__(self, dims, depths, merge_strides, embed_stride, spatial_dims, drop_paths, vss_options, num_classes,
                  conv_op, deep_supervision):
         super().__init__()
         self.deep_supervision = deep_supervision
         reversed_dims = dims[::-1]
         self.stages = nn.ModuleList(
-            VSSStage(reversed_dims[i], depths[i], spatial_dims, drop_paths[i], d_state) for i in range(NUM_LEVELS)
+            VSSStage(reversed_dims[i], depths[i], spatial_dims, drop_paths[i], **vss_options)
+            for i in range(NUM_LEVELS)
         )
         self.upsamples = nn.ModuleList(
             PatchExpanding(reversed_dims[i], reversed_dims[i + 1], merge_strides[::-1][i])
@@ -143,6 +144,8 @@ class VMUNet(SegmentationNetwork, LevelFeatureNetwork):
         drop_path_rate: stochastic depth, increasing linearly over the encoder blocks (and reversed
             over the decoder blocks), as in VM-UNet.
         deep_supervision: return the outputs of all decoder levels, highest resolution first.
+        token_mixer: "scan" (the paper), or a No-Mamba ablation: "identity" or "dwconv"
+            (:mod:`nnunet_mamba.blocks.token_mixer`).
     """
 
     # before the heads moved into decoder.seg_layers (nnU-Net's -pretrained_weights skips exactly those)
@@ -163,6 +166,7 @@ class VMUNet(SegmentationNetwork, LevelFeatureNetwork):
         d_state: int = 16,
         drop_path_rate: float = 0.2,
         deep_supervision: bool = False,
+        token_mixer: str = "scan",
     ):
         super().__init__(conv_op)
         if len(strides) != NUM_LEVELS:
@@ -181,9 +185,11 @@ class VMUNet(SegmentationNetwork, LevelFeatureNetwork):
         decoder_drop = stage_drop_paths(decoder_depths, drop_path_rate, decreasing=True)
 
         self.stem = PatchEmbedding(input_channels, embed_dim, self.strides[0], conv_op)
-        self.encoder = VMUNetEncoder(dims, encoder_depths, self.strides[1:], self.spatial_dims, encoder_drop, d_state)
+        vss_options = {"d_state": d_state, "token_mixer": token_mixer}
+        self.encoder = VMUNetEncoder(dims, encoder_depths, self.strides[1:], self.spatial_dims, encoder_drop,
+                                     vss_options)
         self.decoder = VMUNetDecoder(dims, decoder_depths, self.strides[1:], self.strides[0], self.spatial_dims,
-                                     decoder_drop, d_state, num_classes, conv_op, deep_supervision)
+                                     decoder_drop, vss_options, num_classes, conv_op, deep_supervision)
         self.key_to_encoder = "encoder"
         self.key_to_stem = "stem"
         self.keys_to_in_proj = ("stem.proj",)

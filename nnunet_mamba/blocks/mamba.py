@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_mamba.blocks.token_mixer import ABLATION_KERNELS, check_token_mixer
 from nnunet_mamba.ops import saved_state_positions, selective_scan
 
 try:  # the fused CUDA causal convolution (optional; the 'cuda' extra installs it)
@@ -52,7 +53,11 @@ def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
 
 
 class Mamba(nn.Module):
-    """``mamba_ssm.Mamba``'s block on channels-last sequences: ``(batch, L, d_model) -> (batch, L, d_model)``."""
+    """``mamba_ssm.Mamba``'s block on channels-last sequences: ``(batch, L, d_model) -> (batch, L, d_model)``.
+
+    ``token_mixer`` other than ``"scan"`` builds a No-Mamba ablation (see :mod:`nnunet_mamba.blocks.token_mixer`):
+    no scan and none of its parameters (``x_proj``, ``dt_proj``, ``A_log``, ``D``); the gate stays.
+    """
 
     def __init__(
         self,
@@ -68,6 +73,7 @@ class Mamba(nn.Module):
         dt_init_floor: float = 1e-4,
         conv_bias: bool = True,
         bias: bool = False,
+        token_mixer: str = "scan",
     ):
         super().__init__()
         if d_model < 1 or d_state < 1 or d_conv < 1 or expand < 1:
@@ -84,10 +90,15 @@ class Mamba(nn.Module):
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
         self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1,
                                 bias=conv_bias)
-        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
-        self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
-        self.D = nn.Parameter(torch.empty(self.d_inner))
+        self.token_mixer = check_token_mixer(token_mixer)
+        if token_mixer == "scan":
+            self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+            self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+            self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
+            self.D = nn.Parameter(torch.empty(self.d_inner))
+        elif token_mixer == "dwconv":
+            kernel = ABLATION_KERNELS[1]
+            self.mixer_conv = nn.Conv1d(self.d_inner, self.d_inner, kernel, padding=kernel // 2, groups=self.d_inner)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
         self._dt_init = (dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
         self.reset_ssm_parameters()
@@ -95,6 +106,8 @@ class Mamba(nn.Module):
     @torch.no_grad()
     def reset_ssm_parameters(self) -> None:
         """mamba-ssm's initialisation of dt_proj, A_log and D (the other layers keep PyTorch's defaults)."""
+        if self.token_mixer != "scan":
+            return
         dt_min, dt_max, dt_init, dt_scale, floor = self._dt_init
         std = self.dt_rank ** -0.5 * dt_scale
         if dt_init == "constant":
@@ -118,6 +131,9 @@ class Mamba(nn.Module):
         xz = F.linear(hidden_states, self.in_proj.weight, self.in_proj.bias).transpose(1, 2)  # (B, 2E, L)
         x, z = xz.chunk(2, dim=1)
         x = causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias)
+        if self.token_mixer != "scan":
+            y = (self.mixer_conv(x) if self.token_mixer == "dwconv" else x) * F.silu(z)
+            return F.linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
         x_dbl = F.linear(x.transpose(1, 2), self.x_proj.weight)  # (B, L, R + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # the bias enters the scan as delta_bias
@@ -137,9 +153,14 @@ class Mamba(nn.Module):
         input, B and C), and five E-wide maps (the causal convolution's output, its SiLU, delta, the scan's output
         and out_proj's transposed input). Once per call: A = -exp(A_log) (twice E N); per sequence, the numba
         scan's state (E N) at every backward-chunk start (see :func:`nnunet_mamba.ops.saved_state_positions`).
+
+        The No-Mamba ablations keep four E-wide maps (the convolution's output, its SiLU, the gate's SiLU, out_proj's
+        input); the "dwconv" one a fifth, its convolution's output.
         """
         length = input_size if isinstance(input_size, int) else math.prod(input_size)
         e, r, n = self.d_inner, self.dt_rank, self.d_state
+        if self.token_mixer != "scan":
+            return sequences * length * (self.d_model + 2 * e + (5 if self.token_mixer == "dwconv" else 4) * e)
         per_position = self.d_model + 2 * e + r + 2 * n + 5 * e
         return sequences * (length * per_position + saved_state_positions(length, n) * n * e) + 2 * e * n
 

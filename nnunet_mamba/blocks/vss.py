@@ -33,6 +33,7 @@ from dynamic_network_architectures.building_blocks.regularization import DropPat
 from torch import nn
 
 from nnunet_mamba.blocks.layer_norm import layer_norm_saved_elements
+from nnunet_mamba.blocks.token_mixer import ABLATION_KERNELS, check_token_mixer
 from nnunet_mamba.ops import saved_state_positions, selective_scan
 
 
@@ -134,7 +135,11 @@ def cross_merge(y: torch.Tensor, orderings: list[tuple[int, ...]], spatial: tupl
 
 
 class CrossScanSSM(nn.Module):
-    """SS2D / SS3D: input projection, depthwise conv, multi-direction selective scan, gated output."""
+    """SS2D / SS3D: input projection, depthwise conv, multi-direction selective scan, gated output.
+
+    ``token_mixer`` other than ``"scan"`` builds a No-Mamba ablation (see :mod:`nnunet_mamba.blocks.token_mixer`):
+    no scan and none of its parameters (``x_proj_weight``, ``dt_projs_*``, ``A_logs``, ``Ds``).
+    """
 
     def __init__(
         self,
@@ -147,6 +152,7 @@ class CrossScanSSM(nn.Module):
         dt_min: float = 1e-3,
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
+        token_mixer: str = "scan",
     ):
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -162,11 +168,16 @@ class CrossScanSSM(nn.Module):
         conv_op = convert_dim_to_conv_op(spatial_dims)
         self.in_proj = nn.Linear(dim, 2 * e, bias=False)
         self.depthwise_conv = conv_op(e, e, conv_kernel, padding=conv_kernel // 2, groups=e, bias=True)
-        self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, e))
-        self.dt_projs_weight = nn.Parameter(torch.empty(k, e, r))
-        self.dt_projs_bias = nn.Parameter(torch.empty(k, e))
-        self.A_logs = nn.Parameter(torch.empty(k * e, n))
-        self.Ds = nn.Parameter(torch.empty(k * e))
+        self.token_mixer = check_token_mixer(token_mixer)
+        if token_mixer == "scan":
+            self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, e))
+            self.dt_projs_weight = nn.Parameter(torch.empty(k, e, r))
+            self.dt_projs_bias = nn.Parameter(torch.empty(k, e))
+            self.A_logs = nn.Parameter(torch.empty(k * e, n))
+            self.Ds = nn.Parameter(torch.empty(k * e))
+        elif token_mixer == "dwconv":
+            kernel = ABLATION_KERNELS[spatial_dims]
+            self.mixer_conv = conv_op(e, e, kernel, padding=kernel // 2, groups=e, bias=True)
         self.out_norm = nn.LayerNorm(e)
         self.out_proj = nn.Linear(e, dim, bias=False)
         self._dt_range = (dt_min, dt_max, dt_init_floor)
@@ -175,6 +186,8 @@ class CrossScanSSM(nn.Module):
     @torch.no_grad()
     def reset_ssm_parameters(self) -> None:
         """Mamba's initialisation: dt log-uniform in [dt_min, dt_max] through the softplus bias, A = -[1..N]."""
+        if self.token_mixer != "scan":
+            return
         dt_min, dt_max, floor = self._dt_range
         k, e, r, n = self.num_directions, self.d_inner, self.dt_rank, self.d_state
         bound = 1.0 / math.sqrt(e)  # nn.Linear's default for x_proj
@@ -195,13 +208,22 @@ class CrossScanSSM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Channels-last in and out: ``(B, *spatial, dim)``."""
-        batch, *spatial, _ = x.shape
-        spatial = tuple(spatial)
-        length = math.prod(spatial)
-        k, e, r, n = self.num_directions, self.d_inner, self.dt_rank, self.d_state
-
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.depthwise_conv(torch.movedim(x, -1, 1)))
+        if self.token_mixer == "scan":
+            y = self._scan(x)
+        else:
+            y = self.mixer_conv(x) if self.token_mixer == "dwconv" else x
+        # no-op under autocast (float32 weights; layer_norm runs in float32); needed for a model cast to bf16
+        y = y.to(self.out_norm.weight.dtype)
+        y = self.out_norm(torch.movedim(y, 1, -1)) * F.silu(z)
+        return self.out_proj(y)
+
+    def _scan(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, E, *spatial) -> (B, E, *spatial): the selective scan in every direction, merged."""
+        batch, _, *spatial = x.shape
+        length = math.prod(spatial)
+        k, e, r, n = self.num_directions, self.d_inner, self.dt_rank, self.d_state
         xs = self._cross_scan(x)  # (B, K, E, L)
         projected = torch.einsum("bkel,kce->bkcl", xs, self.x_proj_weight.to(xs.dtype))
         dts, Bs, Cs = torch.split(projected, [r, n, n], dim=2)
@@ -218,11 +240,7 @@ class CrossScanSSM(nn.Module):
             # summing 2N directions in bf16/fp16 would round every partial sum: merge in float32 (or float64)
             out_dtype=torch.promote_types(xs.dtype, torch.float32),
         )
-        y = self._cross_merge(ys.reshape(batch, k, e, length), spatial)
-        # no-op under autocast (float32 weights; layer_norm runs in float32); needed for a model cast to bf16
-        y = y.to(self.out_norm.weight.dtype)
-        y = self.out_norm(torch.movedim(y, 1, -1)) * F.silu(z)
-        return self.out_proj(y)
+        return self._cross_merge(ys.reshape(batch, k, e, length), tuple(spatial))
 
 
 class SS2D(CrossScanSSM):
@@ -242,10 +260,11 @@ class SS3D(CrossScanSSM):
 class VSSBlock(nn.Module):
     """Pre-norm residual block around :class:`CrossScanSSM` (VMamba's VSS block)."""
 
-    def __init__(self, dim: int, spatial_dims: int, drop_path: float = 0.0, d_state: int = 16):
+    def __init__(self, dim: int, spatial_dims: int, drop_path: float = 0.0, d_state: int = 16,
+                 token_mixer: str = "scan"):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.ssm = CrossScanSSM(dim, spatial_dims, d_state=d_state)
+        self.ssm = CrossScanSSM(dim, spatial_dims, d_state=d_state, token_mixer=token_mixer)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -262,6 +281,8 @@ class VSSBlock(nn.Module):
         K E N) and the scan's saved states (K E N at every backward-chunk start of the numba kernel, the CPU
         default; mamba-ssm's CUDA kernel keeps fewer), which dominate at the deepest levels of small patches.
         The pure-PyTorch scan keeps more: a block with it saves about 1.3x this count.
+
+        The No-Mamba ablations keep none of the scan's maps; the "dwconv" one keeps its convolution's input (E).
         """
         ssm = self.ssm
         tokens = math.prod(input_size)
@@ -269,8 +290,12 @@ class VSSBlock(nn.Module):
         k, e, r, n = ssm.num_directions, ssm.d_inner, ssm.dt_rank, ssm.d_state
         per_token = (layer_norm_saved_elements(channels, 1) + channels  # block input + stats, in_proj input
                      + 2 * e + e                                       # in_proj output, conv output
-                     + 2 * k * e + k * (r + 2 * n)                     # sequences, deltas, x projection
                      + layer_norm_saved_elements(e, 1) + 3 * e)        # out_norm input, its output, SiLU(z), product
+        if ssm.token_mixer == "dwconv":
+            return tokens * (per_token + e)
+        if ssm.token_mixer == "identity":
+            return tokens * per_token
+        per_token += 2 * k * e + k * (r + 2 * n)                       # sequences, deltas, x projection
         return tokens * per_token + 2 * k * e * n + saved_state_positions(tokens, n) * n * k * e
 
 
@@ -300,11 +325,12 @@ def init_vmamba_weights(module: nn.Module) -> None:
 class VSSStage(nn.Sequential):
     """``depth`` VSS blocks at one resolution, with per-block drop-path rates."""
 
-    def __init__(self, dim: int, depth: int, spatial_dims: int, drop_path: list[float] | float = 0.0, d_state: int = 16):
+    def __init__(self, dim: int, depth: int, spatial_dims: int, drop_path: list[float] | float = 0.0, d_state: int = 16,
+                 token_mixer: str = "scan"):
         rates = drop_path if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
         if len(rates) != depth:
             raise ValueError(f"need {depth} drop-path rates, got {len(rates)}")
-        super().__init__(*(VSSBlock(dim, spatial_dims, rate, d_state) for rate in rates))
+        super().__init__(*(VSSBlock(dim, spatial_dims, rate, d_state, token_mixer) for rate in rates))
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         return sum(block.compute_conv_feature_map_size(input_size) for block in self)

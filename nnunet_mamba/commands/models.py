@@ -16,6 +16,8 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+#: what a trainer of nnU-Net's own networks (network_name None) shows in place of a registered name
+PLANS_NETWORK = "(plans)"
 #: the configurations parameter counts are given for: (input channels, patch size)
 COUNTED = {2: (3, (256, 256)), 3: (1, (128, 128, 128))}
 
@@ -50,5 +52,5 @@ def run(args) -> int:
     print("\ntrainers (nnUNetv2_train ... -tr NAME; network; description):")
     for name, trainer in discovery.our_trainers().items():
         summary = (inspect.getdoc(trainer) or "").split("\n")[0]
-        print(f"  {name:<32} {trainer.network_name:<10} {summary}")
+        print(f"  {name:<32} {trainer.network_name or PLANS_NETWORK:<10} {summary}")
     return 0

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from nnunet_mamba.files import json_safe
+
 from .protocols import HEADLINE_METRICS, METRICS
 from .runner import EvaluationResult
 
@@ -17,18 +19,8 @@ def _distance_unit(result: EvaluationResult) -> str:
     return "voxels" if result.transunet_compat else "mm"
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def to_json(result: EvaluationResult) -> dict:
-    return _json_safe(
+    return json_safe(
         {
             "protocol": result.protocol,
             "transunet_compat": result.transunet_compat,

@@ -79,8 +79,13 @@ def _use_torch_threads() -> int:
     more threads than that would oversubscribe the cores the user gave torch."""
     import numba
 
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    torch_threads = torch.get_num_threads()
+    threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(threads)
+    if torch.get_num_threads() != torch_threads:
+        # numba's OpenMP layer starting up resets OpenMP's thread count, which torch shares: without this, a
+        # process limited to one torch thread runs on all cores after its first scan
+        torch.set_num_threads(torch_threads)
     return threads
 
 

@@ -9,7 +9,9 @@ Which plan fits which trainer: a configuration planned for NAME (a network or a 
 fits the trainers whose ``network_name`` is NAME. A quick trainer builds the small instance of its network
 (``vm_unet_small`` for ``vm_unet``), which needs less memory than the network: it takes the network's plans and
 plans made for the small instance itself. A variant is a network of its own here (``light_m_unet`` plans do not fit
-a ``light_m_unet_v0`` trainer, nor the reverse): variants differ in memory.
+a ``light_m_unet_v0`` trainer, nor the reverse): variants differ in memory. The exception is a No-Mamba ablation
+(``vm_unet_no_mamba``): it also takes the plans of the network it ablates, since an ablation is trained on the same
+patch and batch as its network (and needs less memory).
 """
 from __future__ import annotations
 
@@ -32,12 +34,13 @@ def planned_network(configuration: dict) -> str | None:
 
 def require_planned_for(network_name: str, configuration: dict, *, trainer_name: str, plans_name: str,
                         configuration_name: str, dataset_name: str, builds: str | None = None,
-                        trainer_for_network=None) -> None:
+                        ablates: str | None = None, trainer_for_network=None) -> None:
     """Raise :class:`PlanNetworkMismatch` when ``configuration`` was planned for a network other than the trainer's
-    ``network_name`` and the one it ``builds`` (its small instance, for a quick trainer; see the module docstring).
-    ``trainer_for_network(name) -> trainer name or None`` suggests a trainer for the planned one."""
+    ``network_name``, the one it ``builds`` (its small instance, for a quick trainer) and the one it ``ablates`` (a
+    No-Mamba ablation's network; see the module docstring). ``trainer_for_network(name) -> trainer name or None``
+    suggests a trainer for the planned one."""
     planned = planned_network(configuration)
-    if planned is None or planned in (network_name, builds):
+    if planned is None or planned in (network_name, builds, ablates):
         return
     record = configuration[PLANNING_KEY]
     budget = f" --gpu-memory-gb {record['gpu_memory_gb']:g}" if isinstance(record.get("gpu_memory_gb"),

@@ -28,12 +28,20 @@ Hooks a trainer variant overrides (one thing each, like nnU-Net's own variants):
 Named loss terms are logged per epoch in the trainer's own :class:`LossTermLog` (saved in the checkpoint),
 printed in the training log and drawn in ``progress_loss_terms.png``.
 
+The resources of every epoch (:data:`RESOURCE_LOG_KEYS`) go into nnU-Net's own logger, so that they are saved in
+the checkpoint's ``logging`` next to nnU-Net's ``epoch_start_timestamps``/``epoch_end_timestamps``:
+``peak_memory_mib`` (:func:`peak_memory_mib`: on CUDA the epoch's peak of allocated memory, on CPU the process's
+peak RSS so far) and ``epoch_seconds``. Checkpoints written without them keep loading: the epochs they did not log
+read None.
+
 The training-only modules and the checkpoints are mixins of their own modules; :class:`MambaTrainerBase` is the
 one class trainers extend.
 """
 from __future__ import annotations
 
 import os
+import sys
+import time
 
 import numpy as np
 import torch
@@ -47,7 +55,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_mamba import discovery
 from nnunet_mamba.architectures import PretrainedNotSupported, build_network
-from nnunet_mamba.architectures.registry import require_supported_dims
+from nnunet_mamba.architectures.registry import ablated_network, require_supported_dims
 from nnunet_mamba.planning.record import require_planned_for
 from nnunet_mamba.training.checkpoint import TrainingCheckpoints, epoch_checkpoint_name
 from nnunet_mamba.training.loss_terms import PLOT_NAME, LossTermLog
@@ -62,6 +70,8 @@ COMPILE_DISABLED_REASON = (
 
 #: path of a local checkpoint (e.g. VMamba ImageNet weights) that fresh runs start from; see load_pretrained
 PRETRAINED_ENV_VAR = "NNUNET_MAMBA_PRETRAINED"
+#: what our trainers log per epoch into nnU-Net's logger, beside nnU-Net's own entries
+RESOURCE_LOG_KEYS = ("peak_memory_mib", "epoch_seconds")
 
 
 class MambaTrainerBase(TrainingModules, TrainingCheckpoints, nnUNetTrainer):
@@ -97,6 +107,8 @@ class MambaTrainerBase(TrainingModules, TrainingCheckpoints, nnUNetTrainer):
         self.loss_term_log = LossTermLog()
         self._checkpoint_loaded = False
         self._initial_weight_sums: list[torch.Tensor] | None = None
+        self._epoch_started: float | None = None  # perf_counter at on_epoch_start
+        self._prepare_resource_log()
         if not self.autocast_network:
             self.grad_scaler = None  # float32 training needs no loss scaling
 
@@ -118,7 +130,7 @@ class MambaTrainerBase(TrainingModules, TrainingCheckpoints, nnUNetTrainer):
     @property
     def bare_network(self) -> nn.Module:
         """The network without DDP or torch.compile wrappers."""
-        return _unwrap(self.network)
+        return unwrap_network(self.network)
 
     def initialize(self):
         if self.network_name and not self.was_initialized:
@@ -126,7 +138,7 @@ class MambaTrainerBase(TrainingModules, TrainingCheckpoints, nnUNetTrainer):
             require_supported_dims(self.network_to_build(), self.configuration_manager.patch_size,
                                    self.configuration_name)
             require_planned_for(self.network_name, self.configuration_manager.configuration,
-                                builds=self.network_to_build(),
+                                builds=self.network_to_build(), ablates=ablated_network(self.network_name),
                                 trainer_name=type(self).__name__, plans_name=self.plans_manager.plans_name,
                                 configuration_name=self.configuration_name,
                                 dataset_name=self.plans_manager.dataset_name,
@@ -254,6 +266,7 @@ class MambaTrainerBase(TrainingModules, TrainingCheckpoints, nnUNetTrainer):
         for name, weight in weights.items():
             self.print_to_log_file(f"train_{name}", np.round(self.loss_term_log.latest(name), decimals=4),
                                    f"(weight {weight})")
+        self._log_epoch_resources()  # before nnU-Net's on_epoch_end, which saves the checkpoints and plots
         super().on_epoch_end()
         if weights and self.local_rank == 0:
             self.loss_term_log.plot(os.path.join(self.output_folder, PLOT_NAME), f"{type(self).__name__}: loss terms",
@@ -261,6 +274,44 @@ class MambaTrainerBase(TrainingModules, TrainingCheckpoints, nnUNetTrainer):
         finished = self.current_epoch  # nnU-Net's on_epoch_end has counted the epoch
         if self.epoch_checkpoint_every and finished % self.epoch_checkpoint_every == 0:
             self._write_checkpoint(os.path.join(self.output_folder, epoch_checkpoint_name(finished - 1)), finished)
+
+    # --- resources per epoch -------------------------------------------------------------------------------
+
+    def on_epoch_start(self):
+        self._prepare_resource_log()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._epoch_started = time.perf_counter()
+        super().on_epoch_start()
+
+    def _prepare_resource_log(self) -> None:
+        """Add :data:`RESOURCE_LOG_KEYS` to nnU-Net's local logger, which refuses keys it does not hold and takes a
+        checkpoint's ``logging`` as it is: a checkpoint written without them (an older run, ``--c``) gets None for
+        the epochs it did not log, so that epoch e's value stays at index e."""
+        entries = self.logger.local_logger.my_fantastic_logging
+        for key in RESOURCE_LOG_KEYS:
+            values = entries.setdefault(key, [])
+            values.extend([None] * (self.current_epoch - len(values)))
+
+    def _log_epoch_resources(self) -> None:
+        self._prepare_resource_log()
+        if self._epoch_started is None:  # an epoch that on_epoch_start did not begin: nothing was measured
+            for key in RESOURCE_LOG_KEYS:
+                self.logger.log(key, None, self.current_epoch)
+            return
+        seconds = time.perf_counter() - self._epoch_started
+        self._epoch_started = None
+        peak = peak_memory_mib(self.device)
+        if self.is_ddp and self.device.type == "cuda":
+            # the epoch's peak is the largest of the GPUs'
+            peak_tensor = torch.tensor(peak, device=self.device)
+            dist.all_reduce(peak_tensor, op=dist.ReduceOp.MAX)
+            peak = float(peak_tensor)
+        self.logger.log("epoch_seconds", seconds, self.current_epoch)
+        self.logger.log("peak_memory_mib", peak, self.current_epoch)
+        measured = "CUDA max allocated this epoch" if self.device.type == "cuda" else "process peak RSS"
+        if peak is not None:
+            self.print_to_log_file(f"Peak memory: {peak:.0f} MiB ({measured})")
 
     # --- pretrained initialisation (fresh runs only) -----------------------------------------------------
 
@@ -299,7 +350,22 @@ class MambaTrainerBase(TrainingModules, TrainingCheckpoints, nnUNetTrainer):
         return report
 
 
-def _unwrap(network: nn.Module) -> nn.Module:
+def peak_memory_mib(device: torch.device) -> float | None:
+    """Peak memory in MiB: on CUDA ``torch.cuda.max_memory_allocated`` since the last reset of the peak statistics;
+    elsewhere the process's peak resident set size since it started (``getrusage``, which cannot be reset; None
+    where the OS has no ``getrusage``, i.e. Windows)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """The network inside DDP and torch.compile wrappers."""
     if isinstance(network, DistributedDataParallel):
         network = network.module
     if isinstance(network, OptimizedModule):

@@ -59,6 +59,14 @@ class nnUNetTrainerVMUNetTest(_TestSchedule, MambaTrainerBase):
     network_name = "vm_unet"
 
 
+class nnUNetTrainerVMUNetNoMambaTest(_TestSchedule, MambaTrainerBase):
+    network_name = "vm_unet_no_mamba"
+
+
+class nnUNetTrainerUNetTest(_TestSchedule):
+    """nnU-Net's own trainer and network (from the plans) on the test schedule: a baseline for `compare`."""
+
+
 class nnUNetTrainerDSVMUNetTest(_TestSchedule, DualSelfDistillationTrainer):
     network_name = "vm_unet"
     iterations_per_epoch = 10
