@@ -465,3 +465,16 @@ def test_refuses_folds_without_a_readable_splits_file(workspace):
     splits.unlink()
     with pytest.raises(ComparisonError, match="splits_final.json does not exist, so the folds' validation cases"):
         check_comparable(DATASET, CONFIGURATION, [BASELINE, MAMBA], [0, 1])
+
+
+def test_the_emitted_slurm_script_starts_with_its_shebang_and_names_the_planning_first(workspace, capsys):
+    from nnunet_mamba.cli import main
+
+    assert main(["compare", "-d", str(DATASET), "-c", CONFIGURATION, "--folds", "0", "--emit-slurm", "--plan-missing",
+                 "--trainers", str(MAMBA), "nnUNetTrainer:nnUNetResEncUNetLPlans"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "#!/usr/bin/env bash"  # sbatch reads the interpreter from the first line
+    assert lines[1:3] == [
+        f"# run first, once: nnUNetv2_plan_experiment -d {DATASET} -pl nnUNetPlannerResEncL",
+        f"# run first, once: nnUNetv2_preprocess -d {DATASET} -plans_name nnUNetResEncUNetLPlans -c {CONFIGURATION}"]
+    assert "#SBATCH --array=0-1" in lines

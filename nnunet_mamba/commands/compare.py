@@ -99,9 +99,9 @@ def run(args: argparse.Namespace) -> int:
                                       f"the commands that make them")
             planning = planning_commands(args.dataset, args.configuration, missing)
             if args.emit_slurm:
-                for command in planning:
-                    print(f"# first: {shlex.join(command)}")
-                print(slurm_array(args.dataset, args.configuration, args.trainers, args.folds), end="")
+                shebang, rest = slurm_array(args.dataset, args.configuration, args.trainers, args.folds).split("\n", 1)
+                first = "".join(f"# run first, once: {shlex.join(command)}\n" for command in planning)
+                print(f"{shebang}\n{first}{rest}", end="")
             else:
                 for command in planning + training_commands(args.dataset, args.configuration, args.trainers,
                                                             args.folds, args.device):
