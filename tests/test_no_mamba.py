@@ -83,14 +83,14 @@ def test_identity_and_dwconv_mixers_of_the_vss_block_compute_what_they_say(spati
     dwconv = CrossScanSSM(8, spatial_dims, token_mixer="dwconv")
     conv = F.conv2d if spatial_dims == 2 else F.conv3d
     for block, mixer in ((identity, lambda t: t),
-                         (dwconv, lambda t: conv(t, dwconv.mixer_conv.weight, dwconv.mixer_conv.bias,
-                                                 padding=dwconv.mixer_conv.padding, groups=t.shape[1]))):
+                         (dwconv, lambda t: conv(t, dwconv.mixer.weight, dwconv.mixer.bias,
+                                                 padding=dwconv.mixer.padding, groups=t.shape[1]))):
         inner, gate = F.linear(x, block.in_proj.weight).chunk(2, dim=-1)
         inner = F.silu(conv(torch.movedim(inner, -1, 1), block.depthwise_conv.weight, block.depthwise_conv.bias,
                             padding=1, groups=inner.shape[-1]))
         expected = F.linear(block.out_norm(torch.movedim(mixer(inner), 1, -1)) * F.silu(gate), block.out_proj.weight)
         torch.testing.assert_close(block(x), expected)
-    assert dwconv.mixer_conv.kernel_size == ((7, 7) if spatial_dims == 2 else (5, 5, 5))
+    assert dwconv.mixer.kernel_size == ((7, 7) if spatial_dims == 2 else (5, 5, 5))
     assert not scan_calls
 
 
@@ -102,7 +102,7 @@ def test_identity_and_dwconv_mixers_of_the_mamba_block_compute_what_they_say(sca
         inner, gate = F.linear(x, block.in_proj.weight).transpose(1, 2).chunk(2, dim=1)
         inner = F.silu(F.conv1d(inner, block.conv1d.weight, block.conv1d.bias, padding=3, groups=16)[..., :30])
         if mixer == "dwconv":
-            inner = F.conv1d(inner, block.mixer_conv.weight, block.mixer_conv.bias, padding=3, groups=16)
+            inner = F.conv1d(inner, block.mixer.weight, block.mixer.bias, padding=3, groups=16)
         expected = F.linear((inner * F.silu(gate)).transpose(1, 2), block.out_proj.weight)
         torch.testing.assert_close(block(x), expected)
         assert not any(_scan_parameter("." + key) for key in block.state_dict())

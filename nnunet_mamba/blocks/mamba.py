@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_mamba.blocks.token_mixer import ABLATION_KERNELS, check_token_mixer
+from nnunet_mamba.blocks.token_mixer import ablation_mixer, check_token_mixer
 from nnunet_mamba.ops import saved_state_positions, selective_scan
 
 try:  # the fused CUDA causal convolution (optional; the 'cuda' extra installs it)
@@ -96,9 +96,8 @@ class Mamba(nn.Module):
             self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
             self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
             self.D = nn.Parameter(torch.empty(self.d_inner))
-        elif token_mixer == "dwconv":
-            kernel = ABLATION_KERNELS[1]
-            self.mixer_conv = nn.Conv1d(self.d_inner, self.d_inner, kernel, padding=kernel // 2, groups=self.d_inner)
+        else:
+            self.mixer = ablation_mixer(token_mixer, self.d_inner, 1)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
         self._dt_init = (dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
         self.reset_ssm_parameters()
@@ -132,7 +131,7 @@ class Mamba(nn.Module):
         x, z = xz.chunk(2, dim=1)
         x = causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias)
         if self.token_mixer != "scan":
-            y = (self.mixer_conv(x) if self.token_mixer == "dwconv" else x) * F.silu(z)
+            y = self.mixer(x) * F.silu(z)
             return F.linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
         x_dbl = F.linear(x.transpose(1, 2), self.x_proj.weight)  # (B, L, R + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)

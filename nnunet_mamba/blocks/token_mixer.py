@@ -15,6 +15,8 @@ and out, the depthwise convolution before the scan, the gate, the norms, residua
 """
 from __future__ import annotations
 
+from torch import nn
+
 TOKEN_MIXERS = ("scan", "identity", "dwconv")
 #: the "dwconv" ablation's kernel per number of token axes
 ABLATION_KERNELS = {1: 7, 2: 7, 3: 5}
@@ -24,3 +26,13 @@ def check_token_mixer(token_mixer: str) -> str:
     if token_mixer not in TOKEN_MIXERS:
         raise ValueError(f"token_mixer must be one of {', '.join(map(repr, TOKEN_MIXERS))}, got {token_mixer!r}")
     return token_mixer
+
+
+def ablation_mixer(token_mixer: str, channels: int, token_axes: int) -> nn.Module:
+    """What a No-Mamba ablation runs in place of the scan, on ``(B, channels, *tokens)`` with ``token_axes`` token
+    axes: nothing (``"identity"``) or a depthwise convolution over the tokens (``"dwconv"``)."""
+    if token_mixer == "identity":
+        return nn.Identity()
+    kernel = ABLATION_KERNELS[token_axes]
+    conv_op = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[token_axes - 1]
+    return conv_op(channels, channels, kernel, padding=kernel // 2, groups=channels)

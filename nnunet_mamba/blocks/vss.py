@@ -33,7 +33,7 @@ from dynamic_network_architectures.building_blocks.regularization import DropPat
 from torch import nn
 
 from nnunet_mamba.blocks.layer_norm import layer_norm_saved_elements
-from nnunet_mamba.blocks.token_mixer import ABLATION_KERNELS, check_token_mixer
+from nnunet_mamba.blocks.token_mixer import ablation_mixer, check_token_mixer
 from nnunet_mamba.ops import saved_state_positions, selective_scan
 
 
@@ -175,9 +175,8 @@ class CrossScanSSM(nn.Module):
             self.dt_projs_bias = nn.Parameter(torch.empty(k, e))
             self.A_logs = nn.Parameter(torch.empty(k * e, n))
             self.Ds = nn.Parameter(torch.empty(k * e))
-        elif token_mixer == "dwconv":
-            kernel = ABLATION_KERNELS[spatial_dims]
-            self.mixer_conv = conv_op(e, e, kernel, padding=kernel // 2, groups=e, bias=True)
+        else:
+            self.mixer = ablation_mixer(token_mixer, e, spatial_dims)
         self.out_norm = nn.LayerNorm(e)
         self.out_proj = nn.Linear(e, dim, bias=False)
         self._dt_range = (dt_min, dt_max, dt_init_floor)
@@ -210,10 +209,7 @@ class CrossScanSSM(nn.Module):
         """Channels-last in and out: ``(B, *spatial, dim)``."""
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.depthwise_conv(torch.movedim(x, -1, 1)))
-        if self.token_mixer == "scan":
-            y = self._scan(x)
-        else:
-            y = self.mixer_conv(x) if self.token_mixer == "dwconv" else x
+        y = self._scan(x) if self.token_mixer == "scan" else self.mixer(x)
         # no-op under autocast (float32 weights; layer_norm runs in float32); needed for a model cast to bf16
         y = y.to(self.out_norm.weight.dtype)
         y = self.out_norm(torch.movedim(y, 1, -1)) * F.silu(z)

@@ -48,7 +48,7 @@ from torch import nn
 
 from nnunet_mamba import discovery
 from nnunet_mamba.comparison.runs import PLANNER_OF_PLANS, ComparisonError
-from nnunet_mamba.training.trainer_base import unwrap_network
+from nnunet_mamba.training.trainer_base import lifetime_peak_rss_bytes, unwrap_network
 
 #: how often the resident memory is sampled on CPU (seconds)
 RSS_SAMPLE_INTERVAL = 0.002
@@ -84,8 +84,6 @@ def profile_trainer(dataset: str | int, configuration: str, trainer: str, plans:
 
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     temporary = Path(tempfile.mkdtemp(prefix="nnunet-mamba-profile-"))
-    # the numba scan's thread pool can change torch's thread count: the next profile must not inherit it
-    torch_threads = torch.get_num_threads()
     built = None
     try:
         with quiet, _profile_environment(temporary) as real_results, _cudnn_as_nnunet_train(device):
@@ -95,7 +93,6 @@ def profile_trainer(dataset: str | int, configuration: str, trainer: str, plans:
         if built is not None:
             _shut_down_dataloaders(built)
         shutil.rmtree(temporary, ignore_errors=True)
-        torch.set_num_threads(torch_threads)
         built = None
         gc.collect()
         if device == "cuda":
@@ -336,15 +333,6 @@ def _current_rss_bytes() -> int | None:
         return None
 
 
-def _lifetime_peak_rss_bytes() -> int | None:
-    try:
-        import resource
-    except ImportError:
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
-
-
 class _PeakMemory:
     """Peak memory of what runs inside ``with``, in MiB (see the module docstring); None where it cannot be read."""
 
@@ -362,7 +350,7 @@ class _PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
-        self._lifetime_peak_before = _lifetime_peak_rss_bytes()
+        self._lifetime_peak_before = lifetime_peak_rss_bytes()
         if self.baseline_rss is not None:
             self._sampled_peak = _current_rss_bytes() or 0
             self._sampler = threading.Thread(target=self._sample, name="profile-rss-sampler", daemon=True)
@@ -384,7 +372,7 @@ class _PeakMemory:
         if self.baseline_rss is None:
             return False
         peak = self._sampled_peak
-        lifetime_after = _lifetime_peak_rss_bytes()
+        lifetime_after = lifetime_peak_rss_bytes()
         if lifetime_after is not None and self._lifetime_peak_before is not None \
                 and lifetime_after > self._lifetime_peak_before:
             peak = max(peak, lifetime_after)  # a new lifetime peak was reached inside: that is the exact peak

@@ -356,12 +356,18 @@ def peak_memory_mib(device: torch.device) -> float | None:
     where the OS has no ``getrusage``, i.e. Windows)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = lifetime_peak_rss_bytes()
+    return None if peak is None else peak / 2**20
+
+
+def lifetime_peak_rss_bytes() -> int | None:
+    """The process's peak resident set size since it started (``getrusage``); None without ``getrusage``."""
     try:
         import resource
     except ImportError:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:
