@@ -127,3 +127,40 @@ def test_autocast_keeps_the_scan_in_float32_and_returns_the_autocast_dtype():
         out = block(x)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), block(x), rtol=5e-2, atol=5e-2)
+
+
+def test_linear_layers_on_channels_first_maps_match_nn_linear_and_need_no_copy():
+    from nnunet_mamba.blocks.channels_first import linear_channels_first, linear_to_channels_last
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 5)
+    tokens = torch.randn(3, 7, 6)  # channels-last (batch, L, channels)
+    expected = layer(tokens)
+    out = linear_channels_first(tokens.transpose(1, 2), layer.weight, layer.bias)
+    assert out.shape == (3, 5, 7) and out.is_contiguous()  # the scan's layout, written directly
+    torch.testing.assert_close(out, expected.transpose(1, 2))
+    back = linear_to_channels_last(tokens.transpose(1, 2).contiguous(), layer.weight, layer.bias)
+    assert back.shape == (3, 7, 5) and back.is_contiguous()
+    torch.testing.assert_close(back, expected)
+    torch.testing.assert_close(linear_channels_first(tokens.transpose(1, 2), layer.weight),
+                               (tokens @ layer.weight.t()).transpose(1, 2))
+
+
+def test_the_scan_gets_its_inputs_without_layout_copies(monkeypatch):
+    """x, z, delta come contiguous in (batch, channels, L) and B and C as views of one product, so the block
+    makes no transposing copy for the scan (what made LightM-UNet slow on CPU)."""
+    import nnunet_mamba.blocks.mamba as mamba_module
+
+    seen = {}
+
+    def spy(u, delta, A, B, C, D=None, z=None, **kwargs):
+        seen.update(u=u, delta=delta, B=B, C=C, z=z)
+        return u * 0
+
+    monkeypatch.setattr(mamba_module, "selective_scan", spy)
+    block = Mamba(16)
+    block(torch.randn(2, 30, 16))
+    for name in ("u", "delta", "z"):
+        assert seen[name].shape == (2, 32, 30) and seen[name].is_contiguous(), name
+    for name in ("B", "C"):
+        assert seen[name].shape == (2, 16, 30) and seen[name].stride(-1) == 1, name

@@ -2,6 +2,7 @@
 import re
 
 import pytest
+import torch
 
 from nnunet_mamba import __version__, discovery
 from nnunet_mamba.architectures import registered_networks
@@ -57,14 +58,54 @@ def test_network_benchmark_compares_with_nnunets_unet_from_the_same_plan():
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
     from nnunet_mamba.architectures import synthetic_configuration
-    from nnunet_mamba.benchmarks.network import NNUNET_UNET, nnunet_default_unet, run_network_benchmark
+    from nnunet_mamba.benchmarks.network import (
+        NNUNET_UNET,
+        format_network_table,
+        nnunet_default_unet,
+        run_network_benchmark,
+    )
 
     configuration = synthetic_configuration((32, 32))
     unet = nnunet_default_unet(configuration, 1, 3)
     assert isinstance(unet, PlainConvUNet)
     assert [tuple(s) for s in unet.encoder.strides] == list(configuration.pool_op_kernel_sizes)
-    rows = run_network_benchmark("vm_unet", (32, 32), batch=1, num_classes=3, device="cpu", amp=False,
-                                 backends=["torch"], steps=1, warmup=0, compare_nnunet=True)
+    rows = run_network_benchmark("vm_unet", (32, 32), batch=2, num_classes=3, device="cpu", amp=False,
+                                 backends=["torch"], steps=1, warmup=2, compare_nnunet=True)
     assert [r["network"] for r in rows] == [NNUNET_UNET, "vm_unet"]
     assert rows[1]["train_ratio"] == pytest.approx(rows[1]["step_ms"] / rows[0]["step_ms"])
     assert rows[1]["inference_ratio"] == pytest.approx(rows[1]["inference_ms"] / rows[0]["inference_ms"])
+    # efficiency: the forward's MACs for the whole batch, and FLOP rates from them and the medians
+    from nnunet_mamba.architectures import build_network
+    from nnunet_mamba.benchmarks.flops import count_flops
+
+    torch.manual_seed(0)
+    vm_unet = build_network("vm_unet", configuration, 1, 3, deep_supervision=False).eval()
+    macs = count_flops(vm_unet, torch.randn(1, 1, 32, 32)).total_macs
+    assert rows[1]["gmacs"] == pytest.approx(2 * macs / 1e9)
+    assert rows[0]["gmacs"] == pytest.approx(2 * count_flops(unet.eval(), torch.randn(1, 1, 32, 32)).total_macs / 1e9)
+    for row in rows:
+        assert row["train_gflop_per_s"] == pytest.approx(3 * 2 * row["gmacs"] / (row["step_ms"] / 1e3))
+        assert row["inference_gflop_per_s"] == pytest.approx(2 * row["gmacs"] / (row["inference_ms"] / 1e3))
+    assert rows[1]["train_efficiency"] == pytest.approx(rows[1]["train_gflop_per_s"] / rows[0]["train_gflop_per_s"])
+    assert rows[1]["inference_efficiency"] == pytest.approx(
+        rows[1]["inference_gflop_per_s"] / rows[0]["inference_gflop_per_s"])
+    # CPU peak memory: at least the model's parameters, gradients and AdamW's two moments
+    for row, model in zip(rows, (unet, vm_unet)):
+        assert row["peak_mib"] > 4 * sum(p.numel() * 4 for p in model.parameters()) / 2**20
+    table = format_network_table(rows)
+    row = rows[1]
+    assert f"| {row['gmacs']:.2f} | {row['train_gflop_per_s']:.1f} | {row['train_efficiency']:.2f} |" in table
+
+
+def test_resident_peak_counts_what_a_block_touches():
+    from nnunet_mamba.benchmarks.memory import ResidentPeak
+
+    with ResidentPeak() as before_nothing:
+        pass
+    with ResidentPeak() as peak:
+        block = torch.ones(64 * 2**18)  # 64 MiB, every page written
+        del block
+    if peak.growth_bytes is None:
+        pytest.skip("no /proc/self/clear_refs on this platform")
+    assert before_nothing.growth_bytes < 8 * 2**20
+    assert 60 * 2**20 <= peak.growth_bytes < 80 * 2**20

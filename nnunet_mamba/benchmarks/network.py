@@ -4,6 +4,12 @@ Both our network and, with ``compare_nnunet``, nnU-Net's default UNet (``PlainCo
 planner's settings) are built from one plan-like configuration of the patch size
 (:func:`~nnunet_mamba.architectures.synthetic_configuration`), timed side by side in the same process, so
 that the ratio between them survives the noise of a shared machine.
+
+Efficiency, not only time: every row carries the forward pass's multiply-accumulates at the patch and batch
+(:func:`~nnunet_mamba.benchmarks.flops.count_flops`, the selective scan included) and the FLOP rate achieved,
+2 x MACs per inference pass and 3 x that per train step (the usual convention: the backward costs about twice
+the forward), so that a network that is slower because it does more arithmetic can be told from one that does
+its arithmetic slowly.
 """
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_mamba.architectures import build_network, get_network, synthetic_configuration
+from nnunet_mamba.benchmarks.flops import count_flops
+from nnunet_mamba.benchmarks.memory import ResidentPeak
 from nnunet_mamba.ops import scan_backend_override
 
 NNUNET_UNET = "nnU-Net UNet"
@@ -24,6 +32,9 @@ NNUNET_RESENC_M = "nnU-Net ResEnc-M"
 # nnU-Net's ResEncUNetPlanner sets these in its __init__ (which reads a dataset, so they are not read from it here)
 RESENC_BLOCKS_PER_STAGE_ENCODER = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)
 RESENC_BLOCKS_PER_STAGE_DECODER = (1,) * 12
+# FLOPs of a train step (forward, backward, update) per FLOP of the forward pass: the backward computes the
+# gradients of the inputs and of the weights, each about as much arithmetic as the forward
+TRAIN_FLOPS_PER_FORWARD_FLOP = 3
 
 
 def error_summary(error: BaseException) -> str:
@@ -81,13 +92,18 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
     """Time AdamW train steps (forward, cross-entropy, backward, step) and inference forward passes
     (``no_grad``, eval) of one or several registry networks per scan backend; with ``compare_nnunet`` also
     nnU-Net's default UNet, with ``compare_resenc`` its ResEnc-M, built from the same plan, and each row's
-    ratio to them. ``configuration`` (a plan's, see ``benchmarks.planner_gpu.configuration_from_plan``) replaces
-    the one made for ``patch_size``; ``small`` builds each network's registered small instance (rows keep the
-    network's name).
+    ratio to them: of time, of peak training memory, and of the FLOP rate achieved (``train_efficiency``,
+    ``inference_efficiency``: 1 = as many FLOPs per second as the UNet). ``configuration`` (a plan's, see
+    ``benchmarks.planner_gpu.configuration_from_plan``) replaces the one made for ``patch_size``; ``small``
+    builds each network's registered small instance (rows keep the network's name).
 
     The models take turns: after ``warmup`` untimed calls of each, every one of ``steps`` rounds times each
     model once, so that a shared or throttled machine slows them alike; times are the medians over rounds.
     A model that fails in its warm-up (out of memory, say) gives a row with its ``error`` and is not timed.
+    Peak memory is measured over the warm-up's train steps: on CUDA ``max_memory_allocated``, on CPU the growth
+    of the resident set over the last one (:class:`~nnunet_mamba.benchmarks.memory.ResidentPeak`) plus what
+    was resident for the model before it (parameters, gradients, optimizer state, inputs); nan without a
+    warm-up step.
     """
     configuration = configuration or synthetic_configuration(patch_size)
     networks = [network] if isinstance(network, str) else list(network)
@@ -132,23 +148,29 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
                 row["train_ratio" + suffix] = row["step_ms"] / base["step_ms"]
                 row["inference_ratio" + suffix] = row["inference_ms"] / base["inference_ms"]
                 row["memory_ratio" + suffix] = row["peak_mib"] / base["peak_mib"]
+                if not suffix:
+                    row["train_efficiency"] = row["train_gflop_per_s"] / base["train_gflop_per_s"]
+                    row["inference_efficiency"] = row["inference_gflop_per_s"] / base["inference_gflop_per_s"]
     return rows
 
 
 def format_network_table(rows: List[Dict]) -> str:
     with_resenc = any("train_ratio_resenc" in r for r in rows)
     lines = ["| network | scan backend | patch | batch | AMP (bf16) | train step ms | x nnU-Net UNet | inference ms "
-             "| x nnU-Net UNet | peak MiB (train) |" + (" train x ResEnc-M | peak x ResEnc-M |" if with_resenc else ""),
-             "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if with_resenc else "")]
+             "| x nnU-Net UNet | peak MiB (train) | GMACs (forward) | train GFLOP/s | x nnU-Net UNet "
+             "| inference GFLOP/s | x nnU-Net UNet |" + (" train x ResEnc-M | peak x ResEnc-M |" if with_resenc else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if with_resenc else "")]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['network']} | {r['backend']} | {'x'.join(map(str, r['patch']))} | {r['batch']} | "
-                         f"| failed: {r['error']} | | | | |" + (" | |" if with_resenc else ""))
+                         f"| failed: {r['error']} | | | | | | | | | |" + (" | |" if with_resenc else ""))
             continue
-        ratios = [f"{r[key]:.2f}" if key in r else "" for key in ("train_ratio", "inference_ratio")]
+        ratios = [f"{r[key]:.2f}" if key in r else "" for key in
+                  ("train_ratio", "inference_ratio", "train_efficiency", "inference_efficiency")]
         line = (f"| {r['network']} | {r['backend']} | {'x'.join(map(str, r['patch']))} | {r['batch']} | "
                 f"{'yes' if r['amp'] else 'no'} | {r['step_ms']:.1f} | {ratios[0]} | {r['inference_ms']:.1f} | "
-                f"{ratios[1]} | {r['peak_mib']:.0f} |")
+                f"{ratios[1]} | {r['peak_mib']:.0f} | {r['gmacs']:.2f} | {r['train_gflop_per_s']:.1f} | "
+                f"{ratios[2]} | {r['inference_gflop_per_s']:.1f} | {ratios[3]} |")
         if with_resenc:
             line += "".join(f" {r[key]:.2f} |" if key in r else " |"
                             for key in ("train_ratio_resenc", "memory_ratio_resenc"))
@@ -170,6 +192,7 @@ class _Timed:
         self.use_amp = amp and self.on_cuda
         self.seconds = {"train_step": [], "inference": []}
         self.peak_mib = float("nan")
+        self.forward_macs = 0
 
     def train_step(self) -> None:
         self.model.train()
@@ -188,16 +211,40 @@ class _Timed:
         with contextlib.nullcontext() if self.backend is None else scan_backend_override(self.backend):
             getattr(self, mode)()
 
+    def count_macs(self) -> None:
+        """The forward pass's multiply-accumulates at the patch, for the whole batch (counted on one sample:
+        every layer's work is proportional to the batch)."""
+        self.model.eval()
+        with contextlib.nullcontext() if self.backend is None else scan_backend_override(self.backend):
+            self.forward_macs = count_flops(self.model, self.x[:1]).total_macs * self.batch
+
+    def _resident_bytes(self) -> int:
+        """Parameters, gradients, optimizer state and inputs: this model's share of memory between steps."""
+        tensors = [*self.model.parameters(), self.x, self.target]
+        tensors += [p.grad for p in self.model.parameters() if p.grad is not None]
+        tensors += [v for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def warm_up(self, calls: int) -> None:
-        """Untimed calls of both modes; on CUDA the peak memory of the training steps among them (this model's
-        own: the other models, resident on the same GPU, are not counted)."""
+        """Untimed calls of both modes, and the peak memory of the training steps among them: on CUDA over all
+        of them (this model's own: the other models, resident on the same GPU, are not counted), on CPU over the
+        last one (the first calls allocate the optimizer's state and, in a fresh process, compile kernels and
+        fill libraries' caches, which is no step's working memory)."""
+        self.count_macs()
         if self.on_cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             own = sum(t.numel() * t.element_size() for t in (*self.model.parameters(), self.x, self.target))
             others = torch.cuda.memory_allocated() - own
-        for _ in range(calls):
-            self._call("train_step")
+        for call in range(calls):
+            if self.on_cuda or call < calls - 1:
+                self._call("train_step")
+                continue
+            resident = self._resident_bytes()
+            with ResidentPeak() as peak:
+                self._call("train_step")
+            if peak.growth_bytes is not None:
+                self.peak_mib = (peak.growth_bytes + resident) / 2**20
         if self.on_cuda and calls:
             torch.cuda.synchronize()
             self.peak_mib = (torch.cuda.max_memory_allocated() - others) / 2**20
@@ -221,6 +268,10 @@ class _Timed:
 
     def summary(self) -> Dict:
         step = statistics.median(self.seconds["train_step"])
+        inference = statistics.median(self.seconds["inference"])
+        forward_gflop = 2 * self.forward_macs / 1e9
         return {"patch": self.patch_size, "batch": self.batch, "amp": self.use_amp, "step_ms": step * 1e3,
-                "inference_ms": statistics.median(self.seconds["inference"]) * 1e3, "peak_mib": self.peak_mib,
-                "samples_per_s": self.batch / step}
+                "inference_ms": inference * 1e3, "peak_mib": self.peak_mib, "samples_per_s": self.batch / step,
+                "gmacs": self.forward_macs / 1e9,
+                "train_gflop_per_s": TRAIN_FLOPS_PER_FORWARD_FLOP * forward_gflop / step,
+                "inference_gflop_per_s": forward_gflop / inference}

@@ -14,10 +14,16 @@ so a state dict saved from it loads unchanged:
 d_inner = expand * d_model (expand 2), dt_rank = ceil(d_model / 16), d_state 16. Parameters:
 6 D^2 + 4 r D + 110 D for d_model D (9,920 for D = 32).
 
-The projections are applied with their raw weights (``F.linear``), as mamba-ssm's fused fast path does, rather
-than by calling the submodules. Two consequences: the block costs the same as the fused path, and profilers that
-count through module hooks (``thop``) see exactly what they saw on the published networks, i.e. nothing inside
-the block (see :mod:`nnunet_mamba.benchmarks.flops`, protocol ``thop``).
+The projections are applied with their raw weights, as mamba-ssm's fused fast path does, rather than by calling
+the submodules. Two consequences: the block costs the same as the fused path, and profilers that count through
+module hooks (``thop``) see exactly what they saw on the published networks, i.e. nothing inside the block (see
+:mod:`nnunet_mamba.benchmarks.flops`, protocol ``thop``).
+
+Layout. Tokens come in and go out channels-last, (batch, L, d_model), but the convolution and the scan take
+(batch, channels, L). The projections are therefore computed as ``W @ tokens^T``, which gives x, z, delta, B and C
+in that layout directly, and out_proj reads the scan's output transposed (:mod:`nnunet_mamba.blocks.channels_first`).
+Computing them channels-last and transposing after cost a transposing copy of each map per call and per backward:
+on CPU about half of LightM-UNet's inference time (``docs/benchmarks.md``).
 
 The scan goes through :func:`nnunet_mamba.ops.selective_scan` (CPU backends, the mamba-ssm kernel, fp32 under
 autocast); the causal convolution uses ``causal_conv1d``'s kernel for CUDA tensors when that package imports.
@@ -34,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_mamba.blocks.channels_first import linear_channels_first, linear_to_channels_last
 from nnunet_mamba.blocks.token_mixer import ablation_mixer, check_token_mixer
 from nnunet_mamba.ops import saved_state_positions, selective_scan
 
@@ -48,8 +55,9 @@ def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     weight: (channels, 1, k) as nn.Conv1d stores it."""
     if causal_conv1d_fn is not None and x.is_cuda:
         return causal_conv1d_fn(x, weight.squeeze(1), bias, activation="silu")
-    kernel = weight.shape[-1]
-    return F.silu(F.conv1d(x, weight, bias, padding=kernel - 1, groups=x.shape[1])[..., :x.shape[-1]])
+    # padding the past only, rather than both sides and cropping: the cropped output's gradient, padded back
+    # with zeros, sent oneDNN's depthwise backward on CPU down a path up to 40x slower
+    return F.silu(F.conv1d(F.pad(x, (weight.shape[-1] - 1, 0)), weight, bias, groups=x.shape[1]))
 
 
 class Mamba(nn.Module):
@@ -127,41 +135,48 @@ class Mamba(nn.Module):
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
             raise ValueError(f"Mamba(d_model={self.d_model}) takes (batch, L, {self.d_model}) sequences, got shape "
                              f"{tuple(hidden_states.shape)}")
-        xz = F.linear(hidden_states, self.in_proj.weight, self.in_proj.bias).transpose(1, 2)  # (B, 2E, L)
-        x, z = xz.chunk(2, dim=1)
+        tokens = hidden_states.transpose(1, 2)
+        # x and the gate z by two products: each is then contiguous, as the scan's kernels take them
+        x_weight, z_weight = self.in_proj.weight.chunk(2)
+        x_bias, z_bias = (None, None) if self.in_proj.bias is None else self.in_proj.bias.chunk(2)
+        x = linear_channels_first(tokens, x_weight, x_bias)  # (B, E, L)
+        z = linear_channels_first(tokens, z_weight, z_bias)
         x = causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias)
         if self.token_mixer != "scan":
             y = self.mixer(x) * F.silu(z)
-            return F.linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
-        x_dbl = F.linear(x.transpose(1, 2), self.x_proj.weight)  # (B, L, R + 2N)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # the bias enters the scan as delta_bias
-        # the SSM parameters in at least float32, as mamba-ssm (a model cast to half keeps its decay exact)
-        ssm_dtype = torch.promote_types(self.A_log.dtype, torch.float32)
-        y = selective_scan(
-            x, dt, -torch.exp(self.A_log.to(ssm_dtype)), B.transpose(1, 2), C.transpose(1, 2),
-            D=self.D.to(ssm_dtype), z=z, delta_bias=self.dt_proj.bias.to(ssm_dtype), delta_softplus=True,
-        )
-        return F.linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
+        else:
+            x_dbl = linear_channels_first(x, self.x_proj.weight)  # (B, R + 2N, L)
+            dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+            dt = linear_channels_first(dt, self.dt_proj.weight)  # the bias enters the scan as delta_bias
+            # the SSM parameters in at least float32, as mamba-ssm (a model cast to half keeps its decay exact)
+            ssm_dtype = torch.promote_types(self.A_log.dtype, torch.float32)
+            y = selective_scan(
+                x, dt, -torch.exp(self.A_log.to(ssm_dtype)), B, C,
+                D=self.D.to(ssm_dtype), z=z, delta_bias=self.dt_proj.bias.to(ssm_dtype), delta_softplus=True,
+            )
+        return linear_to_channels_last(y, self.out_proj.weight, self.out_proj.bias)
 
     def compute_conv_feature_map_size(self, input_size: int | Sequence[int], sequences: int = 1) -> int:
         """Elements saved for backward by one call on ``sequences`` sequences (a batch) of length ``input_size``.
 
-        With d_model D, E inner channels, rank R and N states, per sequence position: the input (D, kept by
-        in_proj), in_proj's output (2E: x and the gate z, which the scan keeps), x_proj's output (R + 2N: delta's
-        input, B and C), and five E-wide maps (the causal convolution's output, its SiLU, delta, the scan's output
-        and out_proj's transposed input). Once per call: A = -exp(A_log) (twice E N); per sequence, the numba
-        scan's state (E N) at every backward-chunk start (see :func:`nnunet_mamba.ops.saved_state_positions`).
+        With d_model D, E inner channels, rank R and N states, per sequence position: the input (D, kept by the
+        products giving x and z), x padded for the causal convolution (E, d_conv - 1 positions longer), the gate
+        z (E, kept by the scan), x_proj's output (R + 2N: delta's input, B and C), and four E-wide maps (the
+        convolution's output, its SiLU, delta, and the scan's output, which out_proj reads transposed). Once per
+        call: A = -exp(A_log) (twice E N); per sequence, the numba scan's state (E N) at every backward-chunk
+        start (see :func:`nnunet_mamba.ops.saved_state_positions`).
 
-        The No-Mamba ablations keep four E-wide maps (the convolution's output, its SiLU, the gate's SiLU, out_proj's
-        input); the "dwconv" one a fifth, its convolution's output.
+        The No-Mamba ablations keep, besides the input, the padded x and z, four E-wide maps (the convolution's
+        output, its SiLU, the gate's SiLU, out_proj's input); the "dwconv" one a fifth, its convolution's output.
         """
         length = input_size if isinstance(input_size, int) else math.prod(input_size)
         e, r, n = self.d_inner, self.dt_rank, self.d_state
+        padding = sequences * e * (self.d_conv - 1)
         if self.token_mixer != "scan":
-            return sequences * length * (self.d_model + 2 * e + (5 if self.token_mixer == "dwconv" else 4) * e)
-        per_position = self.d_model + 2 * e + r + 2 * n + 5 * e
-        return sequences * (length * per_position + saved_state_positions(length, n) * n * e) + 2 * e * n
+            maps = 5 if self.token_mixer == "dwconv" else 4
+            return padding + sequences * length * (self.d_model + 2 * e + maps * e)
+        per_position = self.d_model + 2 * e + r + 2 * n + 4 * e
+        return padding + sequences * (length * per_position + saved_state_positions(length, n) * n * e) + 2 * e * n
 
     @staticmethod
     def parameter_count(d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2) -> int:

@@ -61,9 +61,14 @@ def _add_repeats(parser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up (default: 5)")
 
 
-def _add_network_input(parser, batch: int) -> None:
-    parser.add_argument("--network", default="vm_unet",
-                        help="registered name, a variant's too (`nnunet-mamba models`; default: vm_unet)")
+def _add_network_input(parser, batch: int, several: bool = False) -> None:
+    if several:
+        parser.add_argument("--network", nargs="+", default=["vm_unet"],
+                            help="registered names, variants' too (`nnunet-mamba models`), timed side by side "
+                                 "(default: vm_unet)")
+    else:
+        parser.add_argument("--network", default="vm_unet",
+                            help="registered name, a variant's too (`nnunet-mamba models`; default: vm_unet)")
     parser.add_argument("--patch", type=int, nargs="+", default=[256, 256],
                         help="patch size, 2 or 3 numbers (default: 256 256)")
     parser.add_argument("--batch", type=int, default=batch, help=f"batch size (default: {batch})")
@@ -94,9 +99,11 @@ def _register_scan(modes) -> None:
 
 def _register_network(modes) -> None:
     network = modes.add_parser("network", help="a network's train step and inference, per scan backend",
-                               description="Time AdamW train steps and inference of a registered network per scan "
-                                           "backend, optionally next to nnU-Net's UNet built from the same plan.")
-    _add_network_input(network, batch=8)
+                               description="Time AdamW train steps and inference of registered networks per scan "
+                                           "backend, optionally next to nnU-Net's UNet built from the same plan; "
+                                           "with each one's forward multiply-adds at the patch, the FLOP rate it "
+                                           "achieves and its peak training memory (CPU too).")
+    _add_network_input(network, batch=8, several=True)
     _add_device(network)
     _add_repeats(network)
     _add_backends(network, ["auto"], "scan backends to compare, 'auto' or the names `nnunet-mamba doctor` lists "

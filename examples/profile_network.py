@@ -1,0 +1,81 @@
+"""Where a network's train step or inference spends its time on CPU: the torch profiler over one AdamW step (or
+one ``no_grad`` forward pass) after two warm-ups, with the forward scopes of the Mamba block's causal
+convolution and of every selective-scan call named (the numba kernels are no torch ops: without the scope an
+inference profile would not show them).
+
+    python examples/profile_network.py --network light_m_unet --patch 128 128 --batch 2 --mode train
+    python examples/profile_network.py --network light_m_unet --patch 128 128 --batch 2 --mode inference
+
+Prints the wall time of the profiled call, the ops by self time, and the scopes' totals.
+"""
+import argparse
+import time
+
+import torch
+from torch.autograd.profiler import record_function
+
+import nnunet_mamba.blocks.mamba as mamba_module
+import nnunet_mamba.blocks.vss as vss_module
+from nnunet_mamba.architectures import build_network, synthetic_configuration
+
+SCOPES = ("causal_conv1d", "selective_scan")
+
+
+def named_scope(name, function):
+    def scoped(*args, **kwargs):
+        with record_function(name):
+            return function(*args, **kwargs)
+    return scoped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--network", default="light_m_unet")
+    parser.add_argument("--patch", type=int, nargs="+", default=[128, 128])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--mode", choices=("train", "inference"), default="train")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rows", type=int, default=14)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    # the blocks look both up in their modules at call time
+    mamba_module.causal_depthwise_conv1d = named_scope("causal_conv1d", mamba_module.causal_depthwise_conv1d)
+    for module in (mamba_module, vss_module):
+        module.selective_scan = named_scope("selective_scan", module.selective_scan)
+
+    torch.manual_seed(0)
+    network = build_network(args.network, synthetic_configuration(tuple(args.patch)), 1, 3, False)
+    optimizer = torch.optim.AdamW(network.parameters())
+    images = torch.randn(args.batch, 1, *args.patch)
+    labels = torch.randint(0, 3, (args.batch, *args.patch))
+
+    def train_step():
+        network.train()
+        loss = torch.nn.functional.cross_entropy(network(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def inference():
+        network.eval()
+        with torch.no_grad():
+            network(images)
+
+    call = train_step if args.mode == "train" else inference
+    for _ in range(2):
+        call()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        started = time.perf_counter()
+        call()
+        seconds = time.perf_counter() - started
+    events = profile.key_averages()
+    print(f"{args.network} {'x'.join(map(str, args.patch))} batch {args.batch}, {args.mode}: {seconds * 1000:.0f} ms")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    for scope in SCOPES:
+        for event in events:
+            if event.key == scope:
+                print(f"{scope}: forward {event.cpu_time_total / 1000:.1f} ms (with what it calls)")
+
+
+if __name__ == "__main__":
+    main()
