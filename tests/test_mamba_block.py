@@ -19,6 +19,8 @@ def reference_mamba(block: Mamba, x: torch.Tensor) -> torch.Tensor:
     """mamba-ssm's reference path written out step by step: causal conv by hand, sequential scan."""
     e, n, r, k = block.d_inner, block.d_state, block.dt_rank, block.d_conv
     xz = x @ block.in_proj.weight.T
+    if block.in_proj.bias is not None:
+        xz = xz + block.in_proj.bias
     u, z = xz[..., :e], xz[..., e:]
     weight = block.conv1d.weight[:, 0]  # (E, k)
     conv = torch.zeros_like(u) + block.conv1d.bias
@@ -38,7 +40,7 @@ def reference_mamba(block: Mamba, x: torch.Tensor) -> torch.Tensor:
         state = torch.exp(dt[:, t, :, None] * A) * state + dt[:, t, :, None] * B[:, t, None, :] * u[:, t, :, None]
         outputs.append((state * C[:, t, None, :]).sum(-1) + block.D * u[:, t])
     y = torch.stack(outputs, dim=1) * F.silu(z)
-    return y @ block.out_proj.weight.T
+    return y @ block.out_proj.weight.T + (0 if block.out_proj.bias is None else block.out_proj.bias)
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba"])
@@ -119,14 +121,25 @@ def test_bad_input_and_arguments_are_named():
         Mamba(8, dt_init="uniform")
 
 
-def test_autocast_keeps_the_scan_in_float32_and_returns_the_autocast_dtype():
+@pytest.mark.parametrize("bias", [False, True])
+def test_autocast_keeps_the_scan_in_float32_and_returns_the_autocast_dtype(bias):
     torch.manual_seed(5)
-    block = Mamba(16)
+    block = Mamba(16, bias=bias)
     x = torch.randn(2, 30, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = block(x)
-    assert out.dtype == torch.bfloat16
+    assert out.dtype == torch.bfloat16  # a float32 bias added after the product would promote it
     torch.testing.assert_close(out.float(), block(x), rtol=5e-2, atol=5e-2)
+
+
+def test_projection_biases_enter_as_in_mamba_ssm():
+    torch.manual_seed(6)
+    block = Mamba(16, bias=True).double()
+    with torch.no_grad():
+        block.in_proj.bias.normal_()
+        block.out_proj.bias.normal_()
+    x = torch.randn(2, 12, 16, dtype=torch.float64)
+    torch.testing.assert_close(block(x), reference_mamba(block, x), rtol=1e-9, atol=1e-9)
 
 
 def test_linear_layers_on_channels_first_maps_match_nn_linear_and_need_no_copy():
@@ -148,7 +161,7 @@ def test_linear_layers_on_channels_first_maps_match_nn_linear_and_need_no_copy()
 
 def test_the_scan_gets_its_inputs_without_layout_copies(monkeypatch):
     """x, z, delta come contiguous in (batch, channels, L) and B and C as views of one product, so the block
-    makes no transposing copy for the scan (what made LightM-UNet slow on CPU)."""
+    makes no transposing copy for the scan (which made LightM-UNet slow on CPU)."""
     import nnunet_mamba.blocks.mamba as mamba_module
 
     seen = {}
@@ -164,3 +177,5 @@ def test_the_scan_gets_its_inputs_without_layout_copies(monkeypatch):
         assert seen[name].shape == (2, 32, 30) and seen[name].is_contiguous(), name
     for name in ("B", "C"):
         assert seen[name].shape == (2, 16, 30) and seen[name].stride(-1) == 1, name
+    # views of x_proj's one product, not copies
+    assert seen["B"].untyped_storage().data_ptr() == seen["C"].untyped_storage().data_ptr()

@@ -1,4 +1,5 @@
 """``nnunet-mamba models`` and ``--version``: what is installed, from the registry and the trainers folder."""
+import math
 import re
 
 import pytest
@@ -71,6 +72,8 @@ def test_network_benchmark_compares_with_nnunets_unet_from_the_same_plan():
     assert [tuple(s) for s in unet.encoder.strides] == list(configuration.pool_op_kernel_sizes)
     rows = run_network_benchmark("vm_unet", (32, 32), batch=2, num_classes=3, device="cpu", amp=False,
                                  backends=["torch"], steps=1, warmup=2, compare_nnunet=True)
+    assert math.isnan(run_network_benchmark("vm_unet", (32, 32), batch=1, num_classes=3, device="cpu", amp=False,
+                                            backends=["torch"], steps=1, warmup=1)[0]["peak_mib"])  # a first step
     assert [r["network"] for r in rows] == [NNUNET_UNET, "vm_unet"]
     assert rows[1]["train_ratio"] == pytest.approx(rows[1]["step_ms"] / rows[0]["step_ms"])
     assert rows[1]["inference_ratio"] == pytest.approx(rows[1]["inference_ms"] / rows[0]["inference_ms"])
@@ -89,9 +92,18 @@ def test_network_benchmark_compares_with_nnunets_unet_from_the_same_plan():
     assert rows[1]["train_efficiency"] == pytest.approx(rows[1]["train_gflop_per_s"] / rows[0]["train_gflop_per_s"])
     assert rows[1]["inference_efficiency"] == pytest.approx(
         rows[1]["inference_gflop_per_s"] / rows[0]["inference_gflop_per_s"])
-    # CPU peak memory: at least the model's parameters, gradients and AdamW's two moments
+    # CPU peak memory: what the step adds holds at least the activations saved for backward; the peak adds the
+    # parameters, gradients and AdamW's two moments
+    from nnunet_mamba.benchmarks.memory import saved_activation_elements
+
+    if math.isnan(rows[0]["step_growth_mib"]):
+        pytest.skip("no /proc/self/clear_refs on this platform")
     for row, model in zip(rows, (unet, vm_unet)):
-        assert row["peak_mib"] > 4 * sum(p.numel() * 4 for p in model.parameters()) / 2**20
+        activations_mib = saved_activation_elements(model, (32, 32), 1, batch_size=2) * 4 / 2**20
+        assert row["step_growth_mib"] >= activations_mib, row["network"]
+        parameters_mib = sum(p.numel() * 4 for p in model.parameters()) / 2**20
+        resident_mib = row["peak_mib"] - row["step_growth_mib"]  # with the inputs and AdamW's step counters
+        assert 3.9 * parameters_mib < resident_mib < 4 * parameters_mib + 0.1, row["network"]
     table = format_network_table(rows)
     row = rows[1]
     assert f"| {row['gmacs']:.2f} | {row['train_gflop_per_s']:.1f} | {row['train_efficiency']:.2f} |" in table

@@ -33,7 +33,6 @@ from torch import nn
 
 from nnunet_mamba.architectures.base import NoDeepSupervisionDecoder, SegmentationNetwork
 from nnunet_mamba.architectures.registry import register_network, register_variant
-from nnunet_mamba.blocks.channels_first import linear_channels_first
 from nnunet_mamba.blocks.layer_norm import layer_norm_saved_elements
 from nnunet_mamba.blocks.mamba import Mamba
 
@@ -84,9 +83,8 @@ class RVMLayer(nn.Module):
         tokens = x.reshape(batch, self.in_channels, math.prod(spatial)).transpose(1, 2)
         mixed = self.mamba(self.norm(tokens)) + self.skip_scale * tokens
         mixed = (self.post_norm or self.norm)(mixed)
-        # written channels-first, the layout of the map it returns to, rather than transposed afterwards
-        out = linear_channels_first(mixed.transpose(1, 2), self.proj.weight, self.proj.bias)
-        return out.view(batch, self.out_channels, *spatial)
+        # through the module, as the official layer: thop counts the projection by its forward hook
+        return self.proj(mixed).transpose(1, 2).reshape(batch, self.out_channels, *spatial)
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Elements saved for backward on a map of ``input_size``: the two LayerNorm applications (their inputs

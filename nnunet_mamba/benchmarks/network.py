@@ -101,9 +101,10 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
     model once, so that a shared or throttled machine slows them alike; times are the medians over rounds.
     A model that fails in its warm-up (out of memory, say) gives a row with its ``error`` and is not timed.
     Peak memory is measured over the warm-up's train steps: on CUDA ``max_memory_allocated``, on CPU the growth
-    of the resident set over the last one (:class:`~nnunet_mamba.benchmarks.memory.ResidentPeak`) plus what
-    was resident for the model before it (parameters, gradients, optimizer state, inputs); nan without a
-    warm-up step.
+    of the resident set over the last one (:class:`~nnunet_mamba.benchmarks.memory.ResidentPeak`; the row's
+    ``step_growth_mib``) plus what was resident for the model before it (parameters, gradients, optimizer state,
+    inputs); nan with fewer than two warm-up steps on CPU (a first step also compiles kernels and fills caches)
+    or none on CUDA.
     """
     configuration = configuration or synthetic_configuration(patch_size)
     networks = [network] if isinstance(network, str) else list(network)
@@ -192,6 +193,7 @@ class _Timed:
         self.use_amp = amp and self.on_cuda
         self.seconds = {"train_step": [], "inference": []}
         self.peak_mib = float("nan")
+        self.step_growth_mib = float("nan")  # CPU: what a train step adds to the resident set
         self.forward_macs = 0
 
     def train_step(self) -> None:
@@ -237,14 +239,15 @@ class _Timed:
             own = sum(t.numel() * t.element_size() for t in (*self.model.parameters(), self.x, self.target))
             others = torch.cuda.memory_allocated() - own
         for call in range(calls):
-            if self.on_cuda or call < calls - 1:
+            if self.on_cuda or call < max(1, calls - 1):  # on CPU a first step is never the one measured
                 self._call("train_step")
                 continue
             resident = self._resident_bytes()
             with ResidentPeak() as peak:
                 self._call("train_step")
             if peak.growth_bytes is not None:
-                self.peak_mib = (peak.growth_bytes + resident) / 2**20
+                self.step_growth_mib = peak.growth_bytes / 2**20
+                self.peak_mib = self.step_growth_mib + resident / 2**20
         if self.on_cuda and calls:
             torch.cuda.synchronize()
             self.peak_mib = (torch.cuda.max_memory_allocated() - others) / 2**20
@@ -271,7 +274,8 @@ class _Timed:
         inference = statistics.median(self.seconds["inference"])
         forward_gflop = 2 * self.forward_macs / 1e9
         return {"patch": self.patch_size, "batch": self.batch, "amp": self.use_amp, "step_ms": step * 1e3,
-                "inference_ms": inference * 1e3, "peak_mib": self.peak_mib, "samples_per_s": self.batch / step,
+                "inference_ms": inference * 1e3, "peak_mib": self.peak_mib, "step_growth_mib": self.step_growth_mib,
+                "samples_per_s": self.batch / step,
                 "gmacs": self.forward_macs / 1e9,
                 "train_gflop_per_s": TRAIN_FLOPS_PER_FORWARD_FLOP * forward_gflop / step,
                 "inference_gflop_per_s": forward_gflop / inference}

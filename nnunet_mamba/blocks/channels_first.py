@@ -11,15 +11,27 @@ from __future__ import annotations
 import torch
 
 
+def _compute_weight(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The weight in autocast's dtype when autocast is on: cast once here rather than once per batch element of
+    its expanded view."""
+    if torch.is_autocast_enabled(x.device.type):
+        return weight.to(torch.get_autocast_dtype(x.device.type))
+    return weight
+
+
 def linear_channels_first(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``nn.Linear``'s ``weight`` (out, in) and ``bias`` over the channels of ``x`` (batch, in, L): (batch, out, L),
     contiguous. ``x`` may be a transposed view of channels-last tokens."""
     # bmm, not matmul: matmul folds the batch into the rows, computes the product channels-last and copies it
-    out = torch.bmm(weight.expand(x.shape[0], *weight.shape), x)
-    return out if bias is None else out + bias.unsqueeze(-1)
+    weight = _compute_weight(weight, x).expand(x.shape[0], *weight.shape)
+    if bias is None:
+        return torch.bmm(weight, x)
+    return torch.baddbmm(bias.unsqueeze(-1), weight, x)  # under autocast in its dtype, as F.linear's
 
 
 def linear_to_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The same layer taking a channels-first map (batch, in, L) and giving channels-last tokens (batch, L, out)."""
-    out = torch.bmm(x.transpose(1, 2), weight.t().expand(x.shape[0], -1, -1))
-    return out if bias is None else out + bias
+    weight = _compute_weight(weight, x).t().expand(x.shape[0], -1, -1)
+    if bias is None:
+        return torch.bmm(x.transpose(1, 2), weight)
+    return torch.baddbmm(bias, x.transpose(1, 2), weight)

@@ -55,8 +55,8 @@ def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     weight: (channels, 1, k) as nn.Conv1d stores it."""
     if causal_conv1d_fn is not None and x.is_cuda:
         return causal_conv1d_fn(x, weight.squeeze(1), bias, activation="silu")
-    # padding the past only, rather than both sides and cropping: the cropped output's gradient, padded back
-    # with zeros, sent oneDNN's depthwise backward on CPU down a path up to 40x slower
+    # padding the past only, rather than both sides and cropping: no outputs computed to be dropped, and no crop
+    # whose gradient must be padded back
     return F.silu(F.conv1d(F.pad(x, (weight.shape[-1] - 1, 0)), weight, bias, groups=x.shape[1]))
 
 

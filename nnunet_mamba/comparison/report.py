@@ -277,9 +277,12 @@ def plot(rows: list[dict], results: Sequence[TrainerResult], file) -> None:
         middle = (min(memories) + max(memories)) / 2
         for row, colour in measured:
             memory.scatter(row["peak_memory_mib"], row["dice"], color=colour, marker="s" if row["baseline"] else "o")
-            right = row["peak_memory_mib"] > middle  # labels point inwards, so that they stay inside the figure
+            # labels point inwards, so that they stay inside the figure; those of the right half sit below their
+            # point, so that they do not run into a left-hand label at the same Dice
+            right = row["peak_memory_mib"] > middle
             memory.annotate(row["label"], (row["peak_memory_mib"], row["dice"]), fontsize="small",
-                            textcoords="offset points", xytext=(-4 if right else 4, 4), ha="right" if right else "left")
+                            textcoords="offset points", xytext=(-4, -6) if right else (4, 4),
+                            ha="right" if right else "left", va="top" if right else "baseline")
         memory.margins(0.15)
         memory.set_xlabel("peak training memory (MiB)")
         memory.set_ylabel("mean Dice")
