@@ -7,6 +7,7 @@ network's estimate to it.
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import torch
@@ -38,13 +39,23 @@ def saved_activation_elements(network: nn.Module, input_shape: Sequence[int], in
     return sum(storages.values())
 
 
-def _status_kib(field: str) -> int | None:
+def current_rss_bytes() -> int | None:
+    """The process's resident memory now (Linux ``/proc``); None where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _peak_rss_bytes() -> int | None:
+    """The kernel's high-water mark of the process's resident memory (``VmHWM``); None where it cannot be read."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
         pass
     return None
 
@@ -60,7 +71,7 @@ class ResidentPeak:
 
     def __init__(self):
         self.growth_bytes: int | None = None
-        self._start_kib: int | None = None
+        self._start: int | None = None
 
     def __enter__(self) -> "ResidentPeak":
         try:
@@ -74,10 +85,10 @@ class ResidentPeak:
                 clear_refs.write("5")
         except OSError:
             return self
-        self._start_kib = _status_kib("VmRSS")
+        self._start = current_rss_bytes()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        peak_kib = _status_kib("VmHWM")
-        if self._start_kib is not None and peak_kib is not None:
-            self.growth_bytes = max(0, peak_kib - self._start_kib) * 1024
+        peak = _peak_rss_bytes()
+        if self._start is not None and peak is not None:
+            self.growth_bytes = max(0, peak - self._start)

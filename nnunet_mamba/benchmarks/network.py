@@ -209,15 +209,18 @@ class _Timed:
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
             self.model(self.x)
 
+    def _backend_scope(self):
+        return contextlib.nullcontext() if self.backend is None else scan_backend_override(self.backend)
+
     def _call(self, mode: str) -> None:
-        with contextlib.nullcontext() if self.backend is None else scan_backend_override(self.backend):
+        with self._backend_scope():
             getattr(self, mode)()
 
     def count_macs(self) -> None:
         """The forward pass's multiply-accumulates at the patch, for the whole batch (counted on one sample:
         every layer's work is proportional to the batch)."""
         self.model.eval()
-        with contextlib.nullcontext() if self.backend is None else scan_backend_override(self.backend):
+        with self._backend_scope():
             self.forward_macs = count_flops(self.model, self.x[:1]).total_macs * self.batch
 
     def _resident_bytes(self) -> int:
@@ -238,10 +241,10 @@ class _Timed:
             torch.cuda.reset_peak_memory_stats()
             own = sum(t.numel() * t.element_size() for t in (*self.model.parameters(), self.x, self.target))
             others = torch.cuda.memory_allocated() - own
-        for call in range(calls):
-            if self.on_cuda or call < max(1, calls - 1):  # on CPU a first step is never the one measured
-                self._call("train_step")
-                continue
+        measure_last_on_cpu = not self.on_cuda and calls >= 2  # a first step is never the one measured
+        for _ in range(calls - 1 if measure_last_on_cpu else calls):
+            self._call("train_step")
+        if measure_last_on_cpu:
             resident = self._resident_bytes()
             with ResidentPeak() as peak:
                 self._call("train_step")

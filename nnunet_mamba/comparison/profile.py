@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from nnunet_mamba import discovery
+from nnunet_mamba.benchmarks.memory import current_rss_bytes
 from nnunet_mamba.comparison.runs import PLANNER_OF_PLANS, ComparisonError
 from nnunet_mamba.training.trainer_base import lifetime_peak_rss_bytes, unwrap_network
 
@@ -230,7 +231,7 @@ def _build_trainer(dataset_name: str, configuration: str, fold: int, trainer: st
 def _measure(trainer, iterations: int, warmup: int, predict_cases: int) -> dict:
     device = trainer.device
     trainer.on_train_epoch_start()  # training mode and the first epoch's learning rate, as the epoch loop sets them
-    baseline_rss = _current_rss_bytes()
+    baseline_rss = current_rss_bytes()
     # on CPU the window opens before the warm-up, whose first step allocates the gradients and the optimiser state
     # (training memory too, which later steps reuse); on CUDA max_memory_allocated counts them after any reset
     on_cpu = device.type != "cuda"
@@ -324,15 +325,6 @@ def _shut_down_dataloaders(trainer) -> None:
 
 # --- memory ---------------------------------------------------------------------------------------------------------
 
-def _current_rss_bytes() -> int | None:
-    """The process's resident memory now (Linux ``/proc``); None where it cannot be read."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-
-
 class _PeakMemory:
     """Peak memory of what runs inside ``with``, in MiB (see the module docstring); None where it cannot be read."""
 
@@ -352,14 +344,14 @@ class _PeakMemory:
             return self
         self._lifetime_peak_before = lifetime_peak_rss_bytes()
         if self.baseline_rss is not None:
-            self._sampled_peak = _current_rss_bytes() or 0
+            self._sampled_peak = current_rss_bytes() or 0
             self._sampler = threading.Thread(target=self._sample, name="profile-rss-sampler", daemon=True)
             self._sampler.start()
         return self
 
     def _sample(self) -> None:
         while not self._stop.wait(RSS_SAMPLE_INTERVAL):
-            self._sampled_peak = max(self._sampled_peak, _current_rss_bytes() or 0)
+            self._sampled_peak = max(self._sampled_peak, current_rss_bytes() or 0)
 
     def __exit__(self, *exc_info):
         if self.device.type == "cuda":
