@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # the blocks look both up in their modules at call time
-    mamba_module.causal_depthwise_conv1d = named_scope("causal_conv1d", mamba_module.causal_depthwise_conv1d)
+    mamba_module.causal_conv1d_silu = named_scope("causal_conv1d", mamba_module.causal_conv1d_silu)
     for module in (mamba_module, vss_module):
         module.selective_scan = named_scope("selective_scan", module.selective_scan)
 

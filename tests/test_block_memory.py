@@ -116,8 +116,9 @@ def test_block_counts_what_its_forward_saves(monkeypatch, make, wrap, input_chan
 
 @pytest.mark.parametrize("d_state", [1, 16, 64])
 def test_scan_state_positions_follow_the_numba_backward_chunk(d_state):
-    """One state per chunk start, chunks filling the backward's buffer: 2^19 / (2 x 64 x N) positions each."""
-    chunk = BACKWARD_BUFFER_ELEMENTS // (2 * MAX_BLOCK_WIDTH * d_state)
+    """One state per chunk start, chunks filling the backward's buffer: 2^18 / (64 x N) positions each."""
+    chunk = BACKWARD_BUFFER_ELEMENTS // (MAX_BLOCK_WIDTH * d_state)
+    assert (chunk, BACKWARD_BUFFER_ELEMENTS) == (2 ** 18 // (64 * d_state), 2 ** 18)
     assert saved_state_positions(chunk, d_state) == 1
     assert saved_state_positions(chunk + 1, d_state) == 2
     assert saved_state_positions(10 * chunk, d_state) == 10

@@ -3,6 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nnunet_mamba.architectures import build_network, synthetic_configuration
@@ -42,6 +43,11 @@ def test_official_topology_21_rvm_layers_and_the_mamba_share():
     assert not any(isinstance(m, nn.Conv3d) for m in network.encoder.stages.modules())  # a pure Mamba encoder
 
 
+def _as_nn_layer_norm(norm: nn.LayerNorm):
+    """The layer's channels-first LayerNorm as the official nn.LayerNorm over channels-last tokens."""
+    return lambda tokens: F.layer_norm(tokens, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
 def test_rvm_layer_is_linear_of_shared_norm_of_mamba_plus_scaled_input():
     torch.manual_seed(0)
     layer = RVMLayer(16, 24)
@@ -50,7 +56,8 @@ def test_rvm_layer_is_linear_of_shared_norm_of_mamba_plus_scaled_input():
         layer.norm.weight.normal_()
     x = torch.randn(2, 16, 5, 6)
     tokens = x.flatten(2).transpose(1, 2)  # raster order: the last axis fastest
-    expected = layer.proj(layer.norm(layer.mamba(layer.norm(tokens)) + 0.7 * tokens))
+    norm = _as_nn_layer_norm(layer.norm)
+    expected = F.linear(norm(layer.mamba(norm(tokens)) + 0.7 * tokens), layer.proj.weight, layer.proj.bias)
     torch.testing.assert_close(layer(x), expected.transpose(1, 2).reshape(2, 24, 5, 6))
     assert layer(x.half()).dtype == torch.float32  # half inputs are promoted, as in the official layer
 
@@ -65,7 +72,8 @@ def test_paper_options_per_channel_scale_and_separate_post_norm():
     layer = RVMLayer(8, 8, separate_post_ln=True)
     x = torch.randn(1, 8, 3, 3)
     tokens = x.flatten(2).transpose(1, 2)
-    expected = layer.proj(layer.post_norm(layer.mamba(layer.norm(tokens)) + tokens))
+    norm, post_norm = _as_nn_layer_norm(layer.norm), _as_nn_layer_norm(layer.post_norm)
+    expected = F.linear(post_norm(layer.mamba(norm(tokens)) + tokens), layer.proj.weight, layer.proj.bias)
     torch.testing.assert_close(layer(x), expected.transpose(1, 2).reshape(1, 8, 3, 3))
 
 

@@ -179,3 +179,49 @@ def test_the_scan_gets_its_inputs_without_layout_copies(monkeypatch):
         assert seen[name].shape == (2, 16, 30) and seen[name].stride(-1) == 1, name
     # views of x_proj's one product, not copies
     assert seen["B"].untyped_storage().data_ptr() == seen["C"].untyped_storage().data_ptr()
+
+
+def test_channels_first_entry_is_the_same_block():
+    """forward_channels_first((B, D, L)) is forward((B, L, D)) transposed, contiguous out, gradients included."""
+    torch.manual_seed(7)
+    block = Mamba(16, bias=True).double()
+    tokens = torch.randn(2, 16, 21, dtype=torch.float64, requires_grad=True)
+    out = block.forward_channels_first(tokens)
+    assert out.shape == (2, 16, 21) and out.is_contiguous()
+    reference = block(tokens.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(out, reference, rtol=1e-10, atol=1e-10)
+    grad = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, tokens, grad)[0],
+                               torch.autograd.grad(reference, tokens, grad)[0], rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match=r"forward_channels_first takes \(batch, 16, L\) sequences, got shape \(2, 21, 16\)"):
+        block.forward_channels_first(torch.randn(2, 21, 16))
+
+
+def test_channels_first_modules_are_nn_linear_and_nn_layer_norm_on_transposed_maps():
+    """Same parameters and state-dict keys as the nn modules they stand for, and their output, channels-first."""
+    from nnunet_mamba.blocks.channels_first import ChannelsFirstLinear, grouped_linear_channels_first
+    from nnunet_mamba.blocks.layer_norm import ChannelsFirstLayerNorm
+
+    torch.manual_seed(8)
+    linear, reference_linear = ChannelsFirstLinear(6, 5), torch.nn.Linear(6, 5)
+    reference_linear.load_state_dict(linear.state_dict(), strict=True)
+    norm, reference_norm = ChannelsFirstLayerNorm(6), torch.nn.LayerNorm(6)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    reference_norm.load_state_dict(norm.state_dict(), strict=True)
+    maps = torch.randn(3, 6, 11)
+    for module, reference in ((linear, reference_linear), (norm, reference_norm)):
+        out = module(maps)
+        assert out.is_contiguous()
+        torch.testing.assert_close(out, reference(maps.transpose(1, 2)).transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+    sequences = torch.randn(2, 4, 6, 9)  # (batch, directions, channels, L)
+    weights = torch.randn(4, 5, 6)  # one (out, in) weight per direction
+    out = grouped_linear_channels_first(sequences, weights)
+    assert out.shape == (2, 4, 5, 9) and out.is_contiguous()
+    torch.testing.assert_close(out, torch.einsum("bkel,kce->bkcl", sequences, weights), rtol=1e-5, atol=1e-5)
+    sliced = sequences[:, :, 1:4]  # a slice along the channels, as the VSS block's dt rows of x_proj's output
+    torch.testing.assert_close(grouped_linear_channels_first(sliced, weights[..., 1:4]),
+                               torch.einsum("bkel,kce->bkcl", sliced, weights[..., 1:4]), rtol=1e-5, atol=1e-5)
+    assert grouped_linear_channels_first(sequences[:0], weights).shape == (0, 4, 5, 9)  # an empty batch

@@ -165,7 +165,7 @@ def test_many_blocks_chunks_and_threads_match_reference(monkeypatch, threads):
     across block or chunk borders, and the per-block B/C gradient slices must add up."""
     monkeypatch.setattr(scan_numba, "MAX_BLOCK_WIDTH", 8)
     monkeypatch.setattr(scan_numba, "FORWARD_CHUNK", 3)
-    monkeypatch.setattr(scan_numba, "BACKWARD_BUFFER_ELEMENTS", 2 * 4 * 8 * 5)
+    monkeypatch.setattr(scan_numba, "BACKWARD_BUFFER_ELEMENTS", 4 * 8 * 5)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -396,3 +396,24 @@ def test_the_first_scan_leaves_torchs_thread_count_as_the_user_set_it():
                             env={**os.environ, SCAN_ENV_VAR: "numba", "OMP_NUM_THREADS": "2"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "1"
+
+
+@requires_numba
+def test_backward_reads_a_transposed_gradient_as_it_reads_a_contiguous_one(monkeypatch):
+    """The Mamba block's out_proj reads the scan's output transposed, so the gradient comes back (batch, L, dim) in
+    memory: the kernel transposes it chunk by chunk (blocks of 8 and 2 channels, 5-position chunks, tiles cut at
+    both edges) and must give the same bits as from a contiguous copy, and the reference's gradients."""
+    monkeypatch.setattr(scan_numba, "MAX_BLOCK_WIDTH", 8)
+    monkeypatch.setattr(scan_numba, "BACKWARD_BUFFER_ELEMENTS", 4 * 8 * 5)
+    inputs = make_inputs(2, 36, 4, 43, 2)
+    transposed = torch.randn(2, 43, 36, generator=torch.Generator().manual_seed(3)).transpose(1, 2)
+    assert not transposed.is_contiguous() and transposed.transpose(1, 2).is_contiguous()
+    out, grads = run_with_grads(selective_scan, inputs, INPUT_NAMES, transposed, torch.float32,
+                                delta_softplus=True, backend="numba")
+    _, contiguous_grads = run_with_grads(selective_scan, inputs, INPUT_NAMES, transposed.contiguous(),
+                                         torch.float32, delta_softplus=True, backend="numba")
+    _, ref_grads = run_with_grads(selective_scan_ref, inputs, INPUT_NAMES, transposed, torch.float64,
+                                  delta_softplus=True)
+    for name in INPUT_NAMES:
+        assert torch.equal(grads[name], contiguous_grads[name]), name
+        assert_close(grads[name], ref_grads[name], name)

@@ -33,7 +33,8 @@ from torch import nn
 
 from nnunet_mamba.architectures.base import NoDeepSupervisionDecoder, SegmentationNetwork
 from nnunet_mamba.architectures.registry import register_network, register_variant
-from nnunet_mamba.blocks.layer_norm import layer_norm_saved_elements
+from nnunet_mamba.blocks.channels_first import ChannelsFirstLinear
+from nnunet_mamba.blocks.layer_norm import ChannelsFirstLayerNorm, layer_norm_saved_elements
 from nnunet_mamba.blocks.mamba import Mamba
 
 VARIANTS = ("official", "v0")
@@ -70,21 +71,23 @@ class RVMLayer(nn.Module):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.norm = nn.LayerNorm(in_channels)
+        self.norm = ChannelsFirstLayerNorm(in_channels)  # nn.LayerNorm's parameters
         self.mamba = Mamba(in_channels, d_state=d_state, d_conv=4, expand=2, token_mixer=token_mixer)
-        self.proj = nn.Linear(in_channels, out_channels)
+        self.proj = ChannelsFirstLinear(in_channels, out_channels)  # nn.Linear's parameters
         self.skip_scale = nn.Parameter(torch.ones(1 if skip_scale == "scalar" else in_channels))
-        self.post_norm = nn.LayerNorm(in_channels) if separate_post_ln else None
+        self.post_norm = ChannelsFirstLayerNorm(in_channels) if separate_post_ln else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float16:  # as the official layer: half inputs are promoted
             x = x.float()
         batch, _, *spatial = x.shape
-        tokens = x.reshape(batch, self.in_channels, math.prod(spatial)).transpose(1, 2)
-        mixed = self.mamba(self.norm(tokens)) + self.skip_scale * tokens
+        # channels-first throughout, (B, C, L): the norms, the Mamba block and the projection all read and write
+        # that layout, so the map is never transposed into a copy
+        tokens = x.reshape(batch, self.in_channels, math.prod(spatial))
+        mixed = self.mamba.forward_channels_first(self.norm(tokens)) + self.skip_scale.view(-1, 1) * tokens
         mixed = (self.post_norm or self.norm)(mixed)
         # through the module, as the official layer: thop counts the projection by its forward hook
-        return self.proj(mixed).transpose(1, 2).reshape(batch, self.out_channels, *spatial)
+        return self.proj(mixed).view(batch, self.out_channels, *spatial)
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Elements saved for backward on a map of ``input_size``: the two LayerNorm applications (their inputs

@@ -7,8 +7,8 @@ What is counted
   bias adds not counted) and ``mm``/``addmm``/``bmm``/``baddbmm`` (``nn.Linear``, ``F.linear``,
   ``torch.einsum``/``matmul`` lowered to them; bias adds not counted), plus scaled-dot-product
   attention should a network use it. The products are split by where they run: inside an
-  ``nn.Linear`` module ("linear") or elsewhere ("einsum/matmul": in our VSS blocks the per-direction
-  x_proj and dt_proj einsums).
+  ``nn.Linear`` module ("linear") or elsewhere ("einsum/matmul": the projections our Mamba and VSS blocks apply
+  with their weights, such as the VSS blocks' in_proj and per-direction x_proj and dt_proj).
 * The selective scan, once per call of :func:`nnunet_mamba.ops.selective_scan.selective_scan`, with
   VMamba's analytic estimate (``flops_selective_scan_fn`` in MzeroMiko/VMamba,
   classification/models/vmamba.py, which cites state-spaces/mamba issue #110): for u of shape
@@ -23,9 +23,8 @@ What is not counted
 FlopCounterMode has no formula for elementwise work, so none of it is in the totals: additions of
 residuals and skips, the gating multiplication, bias adds, normalisation (LayerNorm), activations
 (SiLU, softplus, exp), padding, the cross-scan/merge permutes, flips and sums, and any data movement.
-A product whose contracted axis has length 1 is not counted either: torch runs such an einsum as a
-broadcast multiply (in VSS blocks the dt_proj einsum when dt_rank = ceil(dim / 16) = 1, i.e. dim <= 16;
-never for the published widths).
+A product whose contracted axis has length 1 is not counted if torch runs it as a broadcast multiply (an einsum
+does; the blocks' batched products do not).
 Only the forward pass runs (under ``torch.no_grad()``), once, in the module's current train/eval mode.
 
 The papers' own counters
@@ -53,6 +52,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from nnunet_mamba.blocks.channels_first import ChannelsFirstLinear
+from nnunet_mamba.blocks.layer_norm import ChannelsFirstLayerNorm
 from nnunet_mamba.ops.selective_scan import ScanCall, observe_scan_calls, scan_backend_override
 
 CONVOLUTION = "convolution"
@@ -239,9 +240,14 @@ def count_thop(module: nn.Module, *inputs) -> ProtocolCount:
         import thop
     except ImportError as error:
         raise ImportError(f"the thop protocol needs the thop package: {PAPER_COUNTS_HINT}") from error
+    from thop.vision.basic_hooks import count_linear, count_normalization
+
     scan = [0]
     with torch.no_grad(), observe_scan_calls(_scan_macs_observer(scan)):
-        macs, parameters = thop.profile(module, inputs=inputs, verbose=False)
+        # our channels-first Linear and LayerNorm are the nn.Linear and nn.LayerNorm of the published layer, which
+        # thop counted
+        macs, parameters = thop.profile(module, inputs=inputs, verbose=False, custom_ops={
+            ChannelsFirstLinear: count_linear, ChannelsFirstLayerNorm: count_normalization})
     return ProtocolCount("thop", int(parameters), int(macs), sum(p.numel() for p in module.parameters()), scan[0])
 
 

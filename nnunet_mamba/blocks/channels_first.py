@@ -9,6 +9,7 @@ asked for.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def _compute_weight(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -35,3 +36,28 @@ def linear_to_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     if bias is None:
         return torch.bmm(x.transpose(1, 2), weight)
     return torch.baddbmm(bias, x.transpose(1, 2), weight)
+
+
+def grouped_linear_channels_first(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A linear layer per group, ``weight`` (groups, out, in), over the channels of ``x`` (batch, groups, in, L):
+    (batch, groups, out, L), contiguous. One batched product over batch x groups: ``x`` is read in place where its
+    groups can be merged with the batch (any contiguous map, or a slice of one along ``in``), and only the small
+    weight is copied, once per batch element (an einsum over the same operands copied ``x`` into its own layout)."""
+    batch, groups, _, length = x.shape
+    weight = _compute_weight(weight, x)
+    stacked = weight.expand(batch, *weight.shape).reshape(batch * groups, *weight.shape[1:])
+    product = torch.bmm(stacked, x.reshape(batch * groups, x.shape[2], length))
+    return product.view(batch, groups, weight.shape[1], length)
+
+
+class ChannelsFirstLinear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state-dict keys) applied to the channels of a channels-first map:
+    (batch, in, L) -> (batch, out, L), contiguous.
+
+    For a layer that must stay a module call (thop counts linear layers by their forward hook; ``count_thop``
+    counts this one as an ``nn.Linear``) and whose output goes on channels-first: ``nn.Linear``'s channels-last
+    output, transposed, leaves a strided map on which the convolutions, poolings and norms that follow run
+    several times slower, or copy it first."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear_channels_first(x, self.weight, self.bias)

@@ -26,7 +26,8 @@ Computing them channels-last and transposing after cost a transposing copy of ea
 on CPU about half of LightM-UNet's inference time (``docs/benchmarks.md``).
 
 The scan goes through :func:`nnunet_mamba.ops.selective_scan` (CPU backends, the mamba-ssm kernel, fp32 under
-autocast); the causal convolution uses ``causal_conv1d``'s kernel for CUDA tensors when that package imports.
+autocast); the causal convolution and its SiLU through :func:`nnunet_mamba.ops.causal_conv1d_silu` (``causal_conv1d``'s
+kernel for CUDA tensors, numba's for CPU tensors).
 
 Sequences are read in the order given. Networks that scan a sequence both ways with shared weights call the block
 on the sequence and on its flip (or on both stacked along the batch, one scan call) and flip the second result back.
@@ -42,22 +43,7 @@ from torch import nn
 
 from nnunet_mamba.blocks.channels_first import linear_channels_first, linear_to_channels_last
 from nnunet_mamba.blocks.token_mixer import ablation_mixer, check_token_mixer
-from nnunet_mamba.ops import saved_state_positions, selective_scan
-
-try:  # the fused CUDA causal convolution (optional; the 'cuda' extra installs it)
-    from causal_conv1d import causal_conv1d_fn
-except ImportError:  # pragma: no cover - depends on the installation
-    causal_conv1d_fn = None
-
-
-def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """SiLU of a causal depthwise convolution: output t sees inputs t - k + 1 .. t. x: (batch, channels, L);
-    weight: (channels, 1, k) as nn.Conv1d stores it."""
-    if causal_conv1d_fn is not None and x.is_cuda:
-        return causal_conv1d_fn(x, weight.squeeze(1), bias, activation="silu")
-    # padding the past only, rather than both sides and cropping: no outputs computed to be dropped, and no crop
-    # whose gradient must be padded back
-    return F.silu(F.conv1d(F.pad(x, (weight.shape[-1] - 1, 0)), weight, bias, groups=x.shape[1]))
+from nnunet_mamba.ops import causal_conv1d_silu, saved_state_positions, selective_scan
 
 
 class Mamba(nn.Module):
@@ -132,16 +118,27 @@ class Mamba(nn.Module):
         self.D._no_weight_decay = True
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(batch, L, d_model) -> (batch, L, d_model)."""
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
             raise ValueError(f"Mamba(d_model={self.d_model}) takes (batch, L, {self.d_model}) sequences, got shape "
                              f"{tuple(hidden_states.shape)}")
-        tokens = hidden_states.transpose(1, 2)
+        return self._mix(hidden_states.transpose(1, 2), channels_last_output=True)
+
+    def forward_channels_first(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The same block on channels-first sequences, (batch, d_model, L) -> (batch, d_model, L) contiguous, for
+        callers whose maps are channels-first on both sides: no transposed view in, no transposed copy out."""
+        if tokens.dim() != 3 or tokens.shape[1] != self.d_model:
+            raise ValueError(f"Mamba(d_model={self.d_model}).forward_channels_first takes (batch, {self.d_model}, L) "
+                             f"sequences, got shape {tuple(tokens.shape)}")
+        return self._mix(tokens, channels_last_output=False)
+
+    def _mix(self, tokens: torch.Tensor, channels_last_output: bool) -> torch.Tensor:
         # x and the gate z by two products: each is then contiguous, as the scan's kernels take them
         x_weight, z_weight = self.in_proj.weight.chunk(2)
         x_bias, z_bias = (None, None) if self.in_proj.bias is None else self.in_proj.bias.chunk(2)
         x = linear_channels_first(tokens, x_weight, x_bias)  # (B, E, L)
         z = linear_channels_first(tokens, z_weight, z_bias)
-        x = causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias)
+        x = causal_conv1d_silu(x, self.conv1d.weight, self.conv1d.bias)
         if self.token_mixer != "scan":
             y = self.mixer(x) * F.silu(z)
         else:
@@ -154,29 +151,32 @@ class Mamba(nn.Module):
                 x, dt, -torch.exp(self.A_log.to(ssm_dtype)), B, C,
                 D=self.D.to(ssm_dtype), z=z, delta_bias=self.dt_proj.bias.to(ssm_dtype), delta_softplus=True,
             )
-        return linear_to_channels_last(y, self.out_proj.weight, self.out_proj.bias)
+        if channels_last_output:
+            return linear_to_channels_last(y, self.out_proj.weight, self.out_proj.bias)
+        return linear_channels_first(y, self.out_proj.weight, self.out_proj.bias)
 
     def compute_conv_feature_map_size(self, input_size: int | Sequence[int], sequences: int = 1) -> int:
         """Elements saved for backward by one call on ``sequences`` sequences (a batch) of length ``input_size``.
 
         With d_model D, E inner channels, rank R and N states, per sequence position: the input (D, kept by the
-        products giving x and z), x padded for the causal convolution (E, d_conv - 1 positions longer), the gate
-        z (E, kept by the scan), x_proj's output (R + 2N: delta's input, B and C), and four E-wide maps (the
-        convolution's output, its SiLU, delta, and the scan's output, which out_proj reads transposed). Once per
-        call: A = -exp(A_log) (twice E N); per sequence, the numba scan's state (E N) at every backward-chunk
-        start (see :func:`nnunet_mamba.ops.saved_state_positions`).
+        products giving x and z), x (E, kept by the fused causal convolution, which recomputes its pre-activation),
+        the gate z (E, kept by the scan), x_proj's output (R + 2N: delta's input, B and C), and three E-wide maps
+        (the convolution's SiLU, delta, and the scan's output, which out_proj reads transposed). Once per call:
+        A = -exp(A_log) (twice E N); per sequence, the numba scan's state (E N) at every backward-chunk start (see
+        :func:`nnunet_mamba.ops.saved_state_positions`). PyTorch's convolution, used where neither fused kernel
+        runs, keeps x padded (d_conv - 1 positions longer) and its pre-activation besides: E L + E (d_conv - 1)
+        more per sequence than counted here.
 
-        The No-Mamba ablations keep, besides the input, the padded x and z, four E-wide maps (the convolution's
-        output, its SiLU, the gate's SiLU, out_proj's input); the "dwconv" one a fifth, its convolution's output.
+        The No-Mamba ablations keep, besides the input, x and z and three E-wide maps (the convolution's SiLU, the
+        gate's SiLU, out_proj's input); the "dwconv" one a fourth, its convolution's output.
         """
         length = input_size if isinstance(input_size, int) else math.prod(input_size)
         e, r, n = self.d_inner, self.dt_rank, self.d_state
-        padding = sequences * e * (self.d_conv - 1)
         if self.token_mixer != "scan":
-            maps = 5 if self.token_mixer == "dwconv" else 4
-            return padding + sequences * length * (self.d_model + 2 * e + maps * e)
-        per_position = self.d_model + 2 * e + r + 2 * n + 4 * e
-        return padding + sequences * (length * per_position + saved_state_positions(length, n) * n * e) + 2 * e * n
+            maps = 4 if self.token_mixer == "dwconv" else 3
+            return sequences * length * (self.d_model + 2 * e + maps * e)
+        per_position = self.d_model + 2 * e + r + 2 * n + 3 * e
+        return sequences * (length * per_position + saved_state_positions(length, n) * n * e) + 2 * e * n
 
     @staticmethod
     def parameter_count(d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2) -> int:

@@ -32,6 +32,7 @@ from dynamic_network_architectures.building_blocks.helper import convert_dim_to_
 from dynamic_network_architectures.building_blocks.regularization import DropPath
 from torch import nn
 
+from nnunet_mamba.blocks.channels_first import grouped_linear_channels_first, linear_channels_first
 from nnunet_mamba.blocks.layer_norm import layer_norm_saved_elements
 from nnunet_mamba.blocks.token_mixer import ablation_mixer, check_token_mixer
 from nnunet_mamba.ops import saved_state_positions, selective_scan
@@ -207,8 +208,13 @@ class CrossScanSSM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Channels-last in and out: ``(B, *spatial, dim)``."""
-        x, z = self.in_proj(x).chunk(2, dim=-1)
-        x = F.silu(self.depthwise_conv(torch.movedim(x, -1, 1)))
+        # x channels-first, as the convolution and the cross scan read it, the gate z channels-last, as it is
+        # applied: two products, so that neither map is transposed by a copy
+        x_weight, z_weight = self.in_proj.weight.chunk(2)
+        z = F.linear(x, z_weight)
+        spatial = x.shape[1:-1]
+        x = linear_channels_first(x.flatten(1, -2).transpose(1, 2), x_weight).unflatten(2, spatial)
+        x = F.silu(self.depthwise_conv(x))
         y = self._scan(x) if self.token_mixer == "scan" else self.mixer(x)
         # no-op under autocast (float32 weights; layer_norm runs in float32); needed for a model cast to bf16
         y = y.to(self.out_norm.weight.dtype)
@@ -221,9 +227,9 @@ class CrossScanSSM(nn.Module):
         length = math.prod(spatial)
         k, e, r, n = self.num_directions, self.d_inner, self.dt_rank, self.d_state
         xs = self._cross_scan(x)  # (B, K, E, L)
-        projected = torch.einsum("bkel,kce->bkcl", xs, self.x_proj_weight.to(xs.dtype))
+        projected = grouped_linear_channels_first(xs, self.x_proj_weight.to(xs.dtype))
         dts, Bs, Cs = torch.split(projected, [r, n, n], dim=2)
-        dts = torch.einsum("bkrl,ker->bkel", dts, self.dt_projs_weight.to(dts.dtype))
+        dts = grouped_linear_channels_first(dts, self.dt_projs_weight.to(dts.dtype))
         ys = selective_scan(
             xs.reshape(batch, k * e, length),
             dts.reshape(batch, k * e, length),

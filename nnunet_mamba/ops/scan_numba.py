@@ -12,9 +12,10 @@ every process instead.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import threading
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 
@@ -28,13 +29,14 @@ MAX_BLOCK_WIDTH = 64
 # Positions per pass of the forward (its (positions, width) buffers stay in the L2 cache); 64 to 1024
 # measured alike.
 FORWARD_CHUNK = 256
-# The backward re-scans the sequence a chunk at a time, last chunk first, keeping the chunk's states and
-# decays per thread: 2 x chunk x N x width values, here 512Ki (2 MiB in float32, 256 positions for N = 16):
-# on 2 cores of an EPYC, chunks of 256 to 512 positions were fastest (32: 1.3x and 1024: 1.05x slower),
-# the loop overheads of short chunks costing more than the L2 misses of long ones. The training forward
-# saves the state at every chunk start for it, N / chunk times the size of u (1/16 here); without them the
-# backward would first have to scan the whole sequence once more to find them.
-BACKWARD_BUFFER_ELEMENTS = 1 << 19
+# The backward re-scans the sequence a chunk at a time, last chunk first, keeping the chunk's states per thread:
+# chunk x N x width values, here 256Ki (1 MiB in float32, 256 positions for N = 16). On 2 cores of an EPYC,
+# chunks of 256 to 512 positions were fastest (32: 1.25x, 64: 1.1x slower), the loop overheads of short chunks
+# costing more than the cache misses of long ones. The decays are recomputed in the walk back rather than kept
+# beside the states: as fast, at half the buffer. The training forward saves the state at every chunk start
+# for it, N / chunk times the size of u (1/16 here); without them the backward would first have to scan the
+# whole sequence once more to find them.
+BACKWARD_BUFFER_ELEMENTS = 1 << 18
 
 # numba's fallback threading layer (workqueue) must not run two parallel kernels at once, and the kernels
 # release the GIL, so launches are serialised here
@@ -89,6 +91,14 @@ def _use_torch_threads() -> int:
     return threads
 
 
+@contextlib.contextmanager
+def numba_launch() -> Iterator[int]:
+    """Around every launch of a parallel numba kernel (the scan's and the causal convolution's): one at a time,
+    on torch's thread count, which it yields."""
+    with _launch_lock:
+        yield _use_torch_threads()
+
+
 def channel_blocks(batch: int, groups: int, per_group: int, threads: int,
                    max_width: Optional[int] = None) -> Tuple[int, int]:
     """(width, blocks): every group's channels in ``blocks`` blocks of at most ``max_width`` (default
@@ -123,9 +133,9 @@ def block_width_limit(d_state: int, kernels) -> int:
 
 
 def backward_chunk(seq_len: int, d_state: int) -> int:
-    """Positions per backward chunk: states and decays of the widest block fill BACKWARD_BUFFER_ELEMENTS
+    """Positions per backward chunk: the states of the widest block fill BACKWARD_BUFFER_ELEMENTS
     (independent of the thread count, which may change between forward and backward)."""
-    per_position = 2 * max(1, d_state) * MAX_BLOCK_WIDTH
+    per_position = max(1, d_state) * MAX_BLOCK_WIDTH
     return max(1, min(seq_len, BACKWARD_BUFFER_ELEMENTS // per_position))
 
 
@@ -162,8 +172,7 @@ def _run_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_every
             _array(B, None, u), _array(C, None, u),
             _array(D, (0,), u), _array(z, (0, 0, 0), u), _array(delta_bias, (0,), u),
             D is not None, z is not None, delta_bias is not None, bool(delta_softplus))
-    with _launch_lock:
-        threads = _use_torch_threads()
+    with numba_launch() as threads:
         width, blocks = channel_blocks(batch, groups, dim // groups, threads, block_width_limit(d_state, kernels))
         kernels.scan_forward(*args, width, blocks, max(1, min(seq_len, FORWARD_CHUNK)), max(1, save_every),
                              out.numpy(), starts.numpy())
@@ -204,8 +213,11 @@ class NumbaSelectiveScan(torch.autograd.Function):
         grad_A = output(need_A, (batch, dim, d_state))
         grad_D = output(need_D, (batch, dim))
         grad_bias = output(need_delta_any, (batch, dim))
-        with _launch_lock:
-            threads = _use_torch_threads()
+        grad_out = grad_out.to(u.dtype)
+        # a gradient that arrives transposed, (batch, L, dim) in memory, is read so by the kernel
+        grad_channels_last = not grad_out.is_contiguous() and grad_out.transpose(1, 2).is_contiguous()
+        grad_array = _array(grad_out.transpose(1, 2) if grad_channels_last else grad_out, None, u)
+        with numba_launch() as threads:
             width, blocks = channel_blocks(batch, groups, dim // groups, threads, block_width_limit(d_state, kernels))
             grad_B_acc = output(need_B, (blocks, batch, groups, d_state, seq_len))
             grad_C_acc = output(need_C, (blocks, batch, groups, d_state, seq_len))
@@ -213,7 +225,7 @@ class NumbaSelectiveScan(torch.autograd.Function):
                 _array(u, None, u), _array(delta, None, u), _array(A, None, u),
                 _array(B, None, u), _array(C, None, u),
                 _array(D, (0,), u), _array(z, (0, 0, 0), u), _array(delta_bias, (0,), u),
-                _array(grad_out.to(u.dtype), None, u), starts.numpy(),
+                grad_array, grad_channels_last, starts.numpy(),
                 D is not None, z is not None, delta_bias is not None, bool(ctx.delta_softplus),
                 need_u, need_delta_any, need_A, need_B, need_C, need_D, need_z,
                 width, blocks, ctx.chunk,

@@ -1,0 +1,175 @@
+"""The blocks' ops other than the selective scan, each with a compiled CPU kernel (numba) and PyTorch beside it:
+
+* :func:`causal_conv1d_silu`: the Mamba block's causal depthwise convolution and its SiLU. For CUDA tensors
+  ``causal_conv1d``'s kernel when that package imports.
+* :func:`layer_norm_channels_first`: LayerNorm over the channels of a (batch, channels, L) map, which
+  ``F.layer_norm`` can only reach through a transposed copy.
+
+The numba kernels (:mod:`nnunet_mamba.ops.numba_block_kernels`) run for float32 and float64 CPU tensors wherever
+the selective scan runs numba's (the CPU default; ``NNUNET_MAMBA_SCAN=torch`` gives PyTorch's everywhere), except
+under CPU autocast (whose bfloat16 convolution and float32 LayerNorm PyTorch's ops keep) and under a dispatch mode
+(FLOP counters, fake tensors), which must see aten ops. PyTorch's versions are also the references the tests hold
+the kernels to.
+
+The fused causal convolution saves only its input and recomputes the pre-activation in the backward; PyTorch's
+saves the input padded by K - 1 positions and the pre-activation. The Mamba block's memory count is that of the
+fused one (``Mamba.compute_conv_feature_map_size``).
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+from nnunet_mamba.ops._optional import LazyImport
+from nnunet_mamba.ops.backends import AUTO
+from nnunet_mamba.ops.scan_numba import numba_launch
+from nnunet_mamba.ops.selective_scan import requested_backend
+
+try:  # the fused CUDA causal convolution (optional; the 'cuda' extra installs it)
+    from causal_conv1d import causal_conv1d_fn
+except ImportError:  # pragma: no cover - depends on the installation
+    causal_conv1d_fn = None
+
+kernels_import = LazyImport(
+    lambda: importlib.import_module("nnunet_mamba.ops.numba_block_kernels"),
+    lambda error: f"numba could not be imported ({type(error).__name__}: {error})")
+
+# positions per LayerNorm work unit: a unit's rows (channels x positions) stay in the L2 cache across its passes
+LAYER_NORM_VALUES_PER_UNIT = 1 << 15
+
+
+def _numba_applies(x: torch.Tensor, *parameters: torch.Tensor | None) -> bool:
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.numel() == 0:
+        return False
+    if any(p is not None and p.dtype != x.dtype for p in parameters):
+        return False
+    if torch.is_autocast_enabled("cpu") or is_in_torch_dispatch_mode():
+        return False
+    return requested_backend() in (AUTO, "numba") and kernels_import.status()[0]
+
+
+def _numpy(t: torch.Tensor):
+    return t.detach().contiguous().numpy()
+
+
+def causal_conv1d_silu_torch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """PyTorch's depthwise convolution over the input padded in the past only (no outputs computed to be
+    cropped, no crop whose gradient must be padded back)."""
+    return F.silu(F.conv1d(F.pad(x, (weight.shape[-1] - 1, 0)), weight, bias, groups=x.shape[1]))
+
+
+class NumbaCausalConvSilu(torch.autograd.Function):
+    """silu(causal depthwise conv1d(x)) on CPU; saves x, weight and bias."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        kernels = kernels_import.result()[0]
+        taps = weight.detach().reshape(weight.shape[0], -1)
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        offsets = bias if bias is not None else x.new_empty(0)
+        rows = (-1, x.shape[-1])
+        with numba_launch():
+            kernels.causal_conv_silu_forward(_numpy(x).reshape(rows), _numpy(taps), _numpy(offsets), bias is not None,
+                                             out.view(rows).numpy())
+        ctx.save_for_backward(x, weight, bias)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, weight, bias = ctx.saved_tensors
+        kernels = kernels_import.result()[0]
+        channels = weight.shape[0]
+        taps = weight.detach().reshape(channels, -1)
+        rows = (-1, x.shape[-1])
+        grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
+        grad_taps = x.new_empty((x.numel() // x.shape[-1], taps.shape[1]))
+        grad_offsets = x.new_empty(grad_taps.shape[0])
+        offsets = bias if bias is not None else x.new_empty(0)
+        with numba_launch():
+            kernels.causal_conv_silu_backward(
+                _numpy(x).reshape(rows), _numpy(taps), _numpy(offsets), bias is not None,
+                _numpy(grad_out.to(x.dtype)).reshape(rows), grad_x.view(rows).numpy(), grad_taps.numpy(),
+                grad_offsets.numpy())
+        grad_weight = grad_taps.view(-1, channels, taps.shape[1]).sum(0).view_as(weight)
+        grad_bias = grad_offsets.view(-1, channels).sum(0) if bias is not None else None
+        return grad_x, grad_weight, grad_bias
+
+
+def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """SiLU of a causal depthwise convolution: output t sees inputs t - K + 1 .. t. x: (batch, channels, L);
+    weight: (channels, 1, K) as ``nn.Conv1d`` stores it; bias: (channels,) or None."""
+    if x.dim() != 3 or weight.dim() != 3 or weight.shape[0] != x.shape[1] or weight.shape[1] != 1:
+        raise ValueError(f"causal_conv1d_silu takes x (batch, channels, L) and a depthwise weight (channels, 1, K), "
+                         f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}")
+    if causal_conv1d_fn is not None and x.is_cuda:
+        return causal_conv1d_fn(x, weight.squeeze(1), bias, activation="silu")
+    if _numba_applies(x, weight, bias):
+        return NumbaCausalConvSilu.apply(x, weight, bias)
+    return causal_conv1d_silu_torch(x, weight, bias)
+
+
+def layer_norm_channels_first_torch(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                                    eps: float) -> torch.Tensor:
+    """``F.layer_norm`` over the channels of (batch, channels, L): transposed there and back."""
+    return F.layer_norm(x.transpose(1, 2), (x.shape[1],), weight, bias, eps).transpose(1, 2)
+
+
+def _layer_norm_chunk(channels: int) -> int:
+    return max(16, LAYER_NORM_VALUES_PER_UNIT // max(1, channels) // 16 * 16)
+
+
+class NumbaLayerNormChannelsFirst(torch.autograd.Function):
+    """LayerNorm over dim 1 of (batch, channels, L) on CPU; saves x, weight, the means and the inverse deviations
+    (as PyTorch's LayerNorm: the input and two statistics per position)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        kernels = kernels_import.result()[0]
+        batch, channels, length = x.shape
+        gain = weight if weight is not None else x.new_ones(channels)
+        offset = bias if bias is not None else x.new_zeros(channels)
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        mean = x.new_empty((batch, length))
+        rstd = x.new_empty((batch, length))
+        chunk = _layer_norm_chunk(channels)
+        array = _numpy(x)
+        with numba_launch():
+            kernels.layer_norm_channels_first_forward(array, _numpy(gain), _numpy(offset), array.dtype.type(eps), chunk,
+                                                      out.numpy(), mean.numpy(), rstd.numpy())
+        ctx.save_for_backward(x, gain, mean, rstd)
+        ctx.chunk = chunk
+        ctx.affine = (weight is not None, bias is not None)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, gain, mean, rstd = ctx.saved_tensors
+        kernels = kernels_import.result()[0]
+        batch, channels, length = x.shape
+        units = batch * -(-length // ctx.chunk)
+        grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
+        grad_weight_units = x.new_empty((units, channels))
+        grad_bias_units = x.new_empty((units, channels))
+        with numba_launch():
+            kernels.layer_norm_channels_first_backward(
+                _numpy(x), _numpy(gain), mean.numpy(), rstd.numpy(), _numpy(grad_out.to(x.dtype)), ctx.chunk,
+                grad_x.numpy(), grad_weight_units.numpy(), grad_bias_units.numpy())
+        has_weight, has_bias = ctx.affine
+        return (grad_x, grad_weight_units.sum(0) if has_weight else None,
+                grad_bias_units.sum(0) if has_bias else None, None)
+
+
+def layer_norm_channels_first(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                              eps: float) -> torch.Tensor:
+    """LayerNorm over the channels of ``x`` (batch, channels, L), contiguous out: ``F.layer_norm`` of the
+    channels-last tokens, transposed back."""
+    if x.dim() != 3:
+        raise ValueError(f"layer_norm_channels_first takes (batch, channels, L), got shape {tuple(x.shape)}")
+    if _numba_applies(x, weight, bias):
+        return NumbaLayerNormChannelsFirst.apply(x, weight, bias, eps)
+    return layer_norm_channels_first_torch(x, weight, bias, eps)

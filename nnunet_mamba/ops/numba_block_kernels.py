@@ -1,0 +1,202 @@
+"""Compiled CPU kernels (numba) of the blocks' ops other than the scan: the Mamba block's causal depthwise
+convolution with its SiLU, and a LayerNorm over the channels of a channels-first map.
+
+Importing this module imports numba; :mod:`nnunet_mamba.ops.block_ops` imports it lazily, as the scan's kernels
+are.
+
+Causal convolution. A work unit is one (batch, channel) row; the row's K taps are K passes over it, each a
+vectorised multiply-add of the input shifted by one more position into the output (the first ``shift``
+outputs of a pass read positions before the sequence, which are zeros, and are skipped); Mamba's four taps
+are one pass. oneDNN's depthwise convolution, which PyTorch calls for the same thing, took three to six times
+as long on LightM-UNet's first-level shape (2 x 128 channels x 16384 positions: 8.5 to 18 ms against 2.6 ms
+forward, 29 to 35 ms against 8 ms forward and backward, 2 threads), and needs the input padded and the
+pre-activation saved besides. The backward recomputes the pre-activation from the saved input rather than
+keeping it: four multiply-adds per value against a map of the block's width kept per position.
+
+Channels-first LayerNorm. A work unit is a run of positions of one batch element; the statistics of its
+positions are accumulated over the channels one row at a time, so every loop runs along contiguous positions
+and vectorises (PyTorch's LayerNorm normalises the last axis, and a channels-first map must first be transposed
+into a copy, about 5 ns a value). Mean and variance in two passes, as PyTorch's. Weight and bias gradients are
+summed per unit and then over units by the caller.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from nnunet_mamba.ops.numba_kernels import CACHE, JIT_OPTIONS, UNIT_OPTIONS, sigmoid_
+
+
+@njit(**UNIT_OPTIONS)
+def _pre_activation(x_row, taps, bias, pre):
+    """pre[t] = bias + sum_k taps[k] x[t - K + 1 + k] (x zero before the sequence)."""
+    length = x_row.shape[0]
+    kernel = taps.shape[0]
+    if kernel == 4 and length >= 4:  # Mamba's d_conv: the four taps in one pass
+        w0, w1, w2, w3 = taps[0], taps[1], taps[2], taps[3]
+        pre[0] = bias + w3 * x_row[0]
+        pre[1] = bias + w2 * x_row[0] + w3 * x_row[1]
+        pre[2] = bias + w1 * x_row[0] + w2 * x_row[1] + w3 * x_row[2]
+        x0 = x_row[:length - 3]
+        x1 = x_row[1:length - 2]
+        x2 = x_row[2:length - 1]
+        x3 = x_row[3:]
+        target = pre[3:]
+        for i in range(length - 3):
+            target[i] = ((bias + w0 * x0[i]) + w1 * x1[i]) + (w2 * x2[i] + w3 * x3[i])
+        return
+    for t in range(length):
+        pre[t] = bias
+    for k in range(kernel):
+        shift = kernel - 1 - k  # output t reads x[t - shift]
+        if shift >= length:
+            continue
+        weight = taps[k]
+        source = x_row[:length - shift]
+        target = pre[shift:]
+        for i in range(length - shift):
+            target[i] += weight * source[i]
+
+
+@njit(**JIT_OPTIONS, cache=CACHE)
+def causal_conv_silu_forward(x, weight, bias, has_bias, out):
+    """out = silu(causal depthwise conv(x)); x, out: (rows, L) with row r of channel r % channels;
+    weight: (channels, K); bias: (channels,), or empty with ``has_bias`` False."""
+    rows = x.shape[0]
+    channels = weight.shape[0]
+    for row in prange(rows):
+        channel = row % channels
+        offset = bias[channel] if has_bias else x.dtype.type(0)
+        target = out[row]
+        _pre_activation(x[row], weight[channel], offset, target)
+        for i in range(target.shape[0]):
+            value = target[i]
+            target[i] = value * sigmoid_(value)
+
+
+@njit(**JIT_OPTIONS, cache=CACHE)
+def causal_conv_silu_backward(x, weight, bias, has_bias, grad_out, grad_x, grad_weight_rows, grad_bias_rows):
+    """Gradients of :func:`causal_conv_silu_forward`: grad_x (rows, L); per row, to be summed over the rows
+    of a channel by the caller, grad_weight_rows (rows, K) and grad_bias_rows (rows,)."""
+    rows, length = x.shape
+    channels, kernel = weight.shape
+    one = x.dtype.type(1)
+    zero = x.dtype.type(0)
+    for row in prange(rows):
+        channel = row % channels
+        offset = bias[channel] if has_bias else zero
+        x_row = x[row]
+        grad_row = grad_out[row]
+        grad_x_row = grad_x[row]
+        taps = weight[channel]
+        gradient = np.empty(length, x.dtype)  # of the pre-activation
+        _pre_activation(x_row, taps, offset, gradient)
+        total = zero
+        for i in range(length):
+            pre = gradient[i]
+            sig = sigmoid_(pre)
+            value = grad_row[i] * sig * (one + pre * (one - sig))  # d silu / d pre
+            gradient[i] = value
+            total += value
+        grad_bias_rows[row] = total
+        for i in range(length):
+            grad_x_row[i] = zero
+        for k in range(kernel):
+            shift = kernel - 1 - k
+            if shift >= length:
+                grad_weight_rows[row, k] = zero
+                continue
+            later = gradient[shift:]  # the outputs that read x[i] through tap k
+            weight_total = zero
+            for i in range(length - shift):
+                weight_total += later[i] * x_row[i]
+            grad_weight_rows[row, k] = weight_total
+            tap = taps[k]
+            for i in range(length - shift):
+                grad_x_row[i] += tap * later[i]
+
+
+@njit(**JIT_OPTIONS, cache=CACHE)
+def layer_norm_channels_first_forward(x, weight, bias, eps, chunk, out, mean, rstd):
+    """out = (x - mean) rstd weight + bias over the channels of x, out: (batch, C, L); mean, rstd: (batch, L)."""
+    batch, channels, length = x.shape
+    chunks = (length + chunk - 1) // chunk
+    inverse = x.dtype.type(1) / x.dtype.type(channels)
+    zero = x.dtype.type(0)
+    for item in prange(batch * chunks):
+        b = item // chunks
+        begin = (item % chunks) * chunk
+        stop = min(begin + chunk, length)
+        positions = stop - begin
+        means = mean[b, begin:stop]
+        scales = rstd[b, begin:stop]
+        for i in range(positions):
+            means[i] = zero
+            scales[i] = zero
+        for c in range(channels):
+            row = x[b, c, begin:stop]
+            for i in range(positions):
+                means[i] += row[i]
+        for i in range(positions):
+            means[i] *= inverse
+        for c in range(channels):
+            row = x[b, c, begin:stop]
+            for i in range(positions):
+                centred = row[i] - means[i]
+                scales[i] += centred * centred
+        for i in range(positions):
+            scales[i] = x.dtype.type(1) / np.sqrt(scales[i] * inverse + eps)
+        for c in range(channels):
+            row = x[b, c, begin:stop]
+            target = out[b, c, begin:stop]
+            gain = weight[c]
+            offset = bias[c]
+            for i in range(positions):
+                target[i] = (row[i] - means[i]) * scales[i] * gain + offset
+
+
+@njit(**JIT_OPTIONS, cache=CACHE)
+def layer_norm_channels_first_backward(x, weight, mean, rstd, grad_out, chunk, grad_x, grad_weight_units,
+                                       grad_bias_units):
+    """Gradients of :func:`layer_norm_channels_first_forward`: grad_x (batch, C, L); per work unit (batch element
+    and run of ``chunk`` positions), to be summed over units, grad_weight_units and grad_bias_units (units, C)."""
+    batch, channels, length = x.shape
+    chunks = (length + chunk - 1) // chunk
+    inverse = x.dtype.type(1) / x.dtype.type(channels)
+    zero = x.dtype.type(0)
+    for item in prange(batch * chunks):
+        b = item // chunks
+        begin = (item % chunks) * chunk
+        stop = min(begin + chunk, length)
+        positions = stop - begin
+        means = mean[b, begin:stop]
+        scales = rstd[b, begin:stop]
+        # per position: the mean over channels of g = grad_out weight, and of g xhat
+        mean_g = np.zeros(positions, x.dtype)
+        mean_g_xhat = np.zeros(positions, x.dtype)
+        for c in range(channels):
+            row = x[b, c, begin:stop]
+            grad_row = grad_out[b, c, begin:stop]
+            gain = weight[c]
+            weight_total = zero
+            bias_total = zero
+            for i in range(positions):
+                normalised = (row[i] - means[i]) * scales[i]
+                g = grad_row[i] * gain
+                mean_g[i] += g
+                mean_g_xhat[i] += g * normalised
+                weight_total += grad_row[i] * normalised
+                bias_total += grad_row[i]
+            grad_weight_units[item, c] = weight_total
+            grad_bias_units[item, c] = bias_total
+        for i in range(positions):
+            mean_g[i] *= inverse
+            mean_g_xhat[i] *= inverse
+        for c in range(channels):
+            row = x[b, c, begin:stop]
+            grad_row = grad_out[b, c, begin:stop]
+            target = grad_x[b, c, begin:stop]
+            gain = weight[c]
+            for i in range(positions):
+                normalised = (row[i] - means[i]) * scales[i]
+                target[i] = scales[i] * (grad_row[i] * gain - mean_g[i] - normalised * mean_g_xhat[i])

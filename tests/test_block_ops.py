@@ -1,0 +1,124 @@
+"""The blocks' ops with numba kernels (``ops.block_ops``): the causal convolution with its SiLU and the channels-first
+LayerNorm, each kernel against PyTorch's op in float64 and float32, forward and every gradient, and which
+implementation runs where."""
+import pytest
+import torch
+
+from nnunet_mamba.ops import block_ops, scan_backend_override
+from nnunet_mamba.ops.block_ops import (NumbaCausalConvSilu, NumbaLayerNormChannelsFirst, causal_conv1d_silu,
+                                         causal_conv1d_silu_torch, layer_norm_channels_first,
+                                         layer_norm_channels_first_torch)
+
+pytestmark = pytest.mark.skipif(not block_ops.kernels_import.status()[0], reason="numba unavailable")
+
+
+def _inputs(batch, channels, length, taps, dtype, with_bias=True, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, length, generator=generator, dtype=dtype, requires_grad=True)
+    weight = torch.randn(channels, 1, taps, generator=generator, dtype=dtype, requires_grad=True)
+    bias = torch.randn(channels, generator=generator, dtype=dtype, requires_grad=True) if with_bias else None
+    return x, weight, bias
+
+
+def _forward_and_gradients(function, x, weight, bias, grad_out):
+    leaves = [t for t in (x, weight, bias) if t is not None]
+    out = function(x, weight, bias)
+    return (out, *torch.autograd.grad(out, leaves, grad_out))
+
+
+@pytest.mark.parametrize("batch,channels,length,taps,with_bias", [
+    (2, 5, 37, 4, True), (1, 3, 64, 4, False), (2, 2, 2, 4, True), (1, 4, 9, 1, True), (3, 2, 17, 3, True)])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_kernel_matches_pytorch_convolution(batch, channels, length, taps, with_bias, dtype, tolerance):
+    x, weight, bias = _inputs(batch, channels, length, taps, dtype, with_bias)
+    grad_out = torch.randn(batch, channels, length, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    kernel = _forward_and_gradients(NumbaCausalConvSilu.apply, x, weight, bias, grad_out)
+    reference = _forward_and_gradients(causal_conv1d_silu_torch, x, weight, bias, grad_out)
+    assert len(kernel) == len(reference) == (4 if with_bias else 3)
+    for got, expected in zip(kernel, reference):
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_output_sees_only_the_past():
+    x, weight, bias = _inputs(1, 2, 20, 4, torch.float64)
+    changed = x.detach().clone()
+    changed[..., 12:] += 1.0
+    before, after = NumbaCausalConvSilu.apply(x.detach(), weight.detach(), bias.detach()), \
+        NumbaCausalConvSilu.apply(changed, weight.detach(), bias.detach())
+    assert torch.equal(before[..., :12], after[..., :12])
+    assert not torch.isclose(before[..., 12:], after[..., 12:]).any()
+
+
+def test_gradcheck():
+    x, weight, bias = _inputs(2, 3, 11, 4, torch.float64)
+    assert torch.autograd.gradcheck(NumbaCausalConvSilu.apply, (x, weight, bias))
+
+
+def _runs_kernel(x, weight, bias) -> bool:
+    return type(causal_conv1d_silu(x, weight, bias).grad_fn).__name__ == "NumbaCausalConvSiluBackward"
+
+
+def test_dispatch():
+    x, weight, bias = _inputs(1, 2, 8, 4, torch.float32)
+    assert _runs_kernel(x, weight, bias)  # CPU default: numba, as the scan
+    with scan_backend_override("torch"):  # a pure-PyTorch block when the scan is PyTorch's
+        assert not _runs_kernel(x, weight, bias)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's bfloat16 convolution, as before
+        assert not _runs_kernel(x, weight, bias)
+    assert not _runs_kernel(x.detach().half().requires_grad_(), weight.detach().half(), bias.detach().half())
+
+
+def test_shape_errors_name_the_shapes():
+    with pytest.raises(ValueError, match=r"got x \(2, 3\) and weight \(3, 1, 4\)"):
+        causal_conv1d_silu(torch.zeros(2, 3), torch.zeros(3, 1, 4), None)
+    with pytest.raises(ValueError, match=r"weight \(4, 1, 4\)"):
+        causal_conv1d_silu(torch.zeros(1, 3, 5), torch.zeros(4, 1, 4), None)
+
+
+def test_flop_counter_sees_the_convolution():
+    """Under a dispatch mode PyTorch's convolution runs, so count_flops counts K multiply-adds per output."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, weight, bias = _inputs(2, 3, 10, 4, torch.float32)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = causal_conv1d_silu(x, weight, bias)
+    torch.testing.assert_close(out, NumbaCausalConvSilu.apply(x.detach(), weight.detach(), bias.detach()))
+    assert counter.get_total_flops() == 2 * 2 * 3 * 10 * 4
+
+
+@pytest.mark.parametrize("batch,channels,length,affine", [(2, 6, 50, True), (1, 32, 300, True), (3, 3, 7, False)])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_channels_first_layer_norm_matches_pytorch(monkeypatch, batch, channels, length, affine, dtype, tolerance):
+    monkeypatch.setattr(block_ops, "LAYER_NORM_VALUES_PER_UNIT", 16 * channels)  # units of 16 positions
+    generator = torch.Generator().manual_seed(4)
+    x = (3 * torch.randn(batch, channels, length, generator=generator, dtype=dtype) + 1).requires_grad_()
+    weight = torch.randn(channels, generator=generator, dtype=dtype).requires_grad_() if affine else None
+    bias = torch.randn(channels, generator=generator, dtype=dtype).requires_grad_() if affine else None
+    grad_out = torch.randn(batch, channels, length, generator=generator, dtype=dtype)
+
+    def run(function):
+        out = function(x, weight, bias, 1e-5)
+        leaves = [t for t in (x, weight, bias) if t is not None]
+        return (out, *torch.autograd.grad(out, leaves, grad_out))
+
+    kernel = run(NumbaLayerNormChannelsFirst.apply)
+    reference = run(layer_norm_channels_first_torch)
+    assert kernel[0].is_contiguous() and len(kernel) == len(reference) == (4 if affine else 2)
+    for got, expected in zip(kernel, reference):
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_channels_first_layer_norm_gradcheck_and_dispatch():
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 9, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, generator=generator, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, generator=generator, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *t: NumbaLayerNormChannelsFirst.apply(*t, 1e-5), (x, weight, bias))
+    assert type(layer_norm_channels_first(x, weight, bias, 1e-5).grad_fn).__name__ == \
+        "NumbaLayerNormChannelsFirstBackward"
+    with scan_backend_override("torch"):
+        assert type(layer_norm_channels_first(x, weight, bias, 1e-5).grad_fn).__name__ != \
+            "NumbaLayerNormChannelsFirstBackward"
+    with pytest.raises(ValueError, match=r"\(batch, channels, L\), got shape \(2, 4\)"):
+        layer_norm_channels_first(torch.zeros(2, 4), None, None, 1e-5)
