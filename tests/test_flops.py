@@ -131,8 +131,7 @@ def _independent_vmunet_macs(model: VMUNet, spatial_dims: int, x: torch.Tensor) 
     def on_conv(module, args, output):
         macs[CONVOLUTION] += output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
 
-    handles = [m.register_forward_hook(on_linear) for name, m in model.named_modules()
-               if isinstance(m, nn.Linear) and not name.endswith("in_proj")]
+    handles = [m.register_forward_hook(on_linear) for m in model.modules() if isinstance(m, nn.Linear)]
     handles += [m.register_forward_hook(on_conv) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
     with torch.no_grad():
         model(x)
@@ -152,8 +151,6 @@ def _independent_vmunet_macs(model: VMUNet, spatial_dims: int, x: torch.Tensor) 
         macs[SELECTIVE_SCAN] += blocks * (9 * tokens * scanned * d_state + tokens * scanned)
         # per-direction x_proj (to R + 2N) and dt_proj (R to E) products
         macs[MATMUL] += blocks * directions * tokens * (d_inner * (rank + 2 * d_state) + rank * d_inner)
-        # in_proj, applied with its weight (two products: x channels-first, z channels-last), not as a module call
-        macs[MATMUL] += blocks * tokens * dim * 2 * d_inner
         scan_calls += blocks
     return macs, scan_calls
 

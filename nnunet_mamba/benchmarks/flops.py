@@ -8,7 +8,7 @@ What is counted
   ``torch.einsum``/``matmul`` lowered to them; bias adds not counted), plus scaled-dot-product
   attention should a network use it. The products are split by where they run: inside an
   ``nn.Linear`` module ("linear") or elsewhere ("einsum/matmul": the projections our Mamba and VSS blocks apply
-  with their weights, such as the VSS blocks' in_proj and per-direction x_proj and dt_proj).
+  with their weights, such as the VSS blocks' per-direction x_proj and dt_proj).
 * The selective scan, once per call of :func:`nnunet_mamba.ops.selective_scan.selective_scan`, with
   VMamba's analytic estimate (``flops_selective_scan_fn`` in MzeroMiko/VMamba,
   classification/models/vmamba.py, which cites state-spaces/mamba issue #110): for u of shape

@@ -32,7 +32,7 @@ from dynamic_network_architectures.building_blocks.helper import convert_dim_to_
 from dynamic_network_architectures.building_blocks.regularization import DropPath
 from torch import nn
 
-from nnunet_mamba.blocks.channels_first import grouped_linear_channels_first, linear_channels_first
+from nnunet_mamba.blocks.channels_first import grouped_linear_channels_first
 from nnunet_mamba.blocks.layer_norm import layer_norm_saved_elements
 from nnunet_mamba.blocks.token_mixer import ablation_mixer, check_token_mixer
 from nnunet_mamba.ops import saved_state_positions, selective_scan
@@ -208,13 +208,10 @@ class CrossScanSSM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Channels-last in and out: ``(B, *spatial, dim)``."""
-        # x channels-first, as the convolution and the cross scan read it, the gate z channels-last, as it is
-        # applied: two products, so that neither map is transposed by a copy
-        x_weight, z_weight = self.in_proj.weight.chunk(2)
-        z = F.linear(x, z_weight)
-        spatial = x.shape[1:-1]
-        x = linear_channels_first(x.flatten(1, -2).transpose(1, 2), x_weight).unflatten(2, spatial)
-        x = F.silu(self.depthwise_conv(x))
+        # in_proj through its module (hooks, thop's count); the depthwise convolution takes its channels-last output
+        # as it is, which oneDNN runs faster than a channels-first map
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x = F.silu(self.depthwise_conv(torch.movedim(x, -1, 1)))
         y = self._scan(x) if self.token_mixer == "scan" else self.mixer(x)
         # no-op under autocast (float32 weights; layer_norm runs in float32); needed for a model cast to bf16
         y = y.to(self.out_norm.weight.dtype)

@@ -26,7 +26,6 @@ __all__ = [
     "available_backends",
     "causal_conv1d_silu",
     "layer_norm_channels_first",
-    "layer_norm_channels_first",
     "backend_report",
     "cuda_kernel_status",
     "numba_details",

@@ -37,7 +37,7 @@ kernels_import = LazyImport(
     lambda: importlib.import_module("nnunet_mamba.ops.numba_block_kernels"),
     lambda error: f"numba could not be imported ({type(error).__name__}: {error})")
 
-# positions per LayerNorm work unit: a unit's rows (channels x positions) stay in the L2 cache across its passes
+# values (channels x positions) per LayerNorm work unit: a unit's rows stay in the L2 cache across its passes
 LAYER_NORM_VALUES_PER_UNIT = 1 << 15
 
 
@@ -166,8 +166,9 @@ class NumbaLayerNormChannelsFirst(torch.autograd.Function):
 
 def layer_norm_channels_first(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                               eps: float) -> torch.Tensor:
-    """LayerNorm over the channels of ``x`` (batch, channels, L), contiguous out: ``F.layer_norm`` of the
-    channels-last tokens, transposed back."""
+    """LayerNorm over the channels of ``x`` (batch, channels, L): ``F.layer_norm`` of the channels-last tokens,
+    transposed back. Contiguous from the numba kernel; PyTorch's fallback (CUDA tensors, among others) returns the
+    transposed view of its result."""
     if x.dim() != 3:
         raise ValueError(f"layer_norm_channels_first takes (batch, channels, L), got shape {tuple(x.shape)}")
     if _numba_applies(x, weight, bias):

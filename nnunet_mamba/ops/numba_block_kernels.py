@@ -16,7 +16,7 @@ keeping it: four multiply-adds per value against a map of the block's width kept
 Channels-first LayerNorm. A work unit is a run of positions of one batch element; the statistics of its
 positions are accumulated over the channels one row at a time, so every loop runs along contiguous positions
 and vectorises (PyTorch's LayerNorm normalises the last axis, and a channels-first map must first be transposed
-into a copy, about 5 ns a value). Mean and variance in two passes, as PyTorch's. Weight and bias gradients are
+into a copy, about 5 ns a value). Mean, then variance about it, in two passes. Weight and bias gradients are
 summed per unit and then over units by the caller.
 """
 from __future__ import annotations

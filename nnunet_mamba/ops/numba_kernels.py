@@ -25,8 +25,8 @@ Backward. The training forward saves the state every ``chunk`` positions (see ``
 sizes). The backward takes the chunks last to first: it re-scans a chunk from its saved state into
 a (chunk + 1, N, channels) per-thread buffer of states, then walks it backwards with the adjoint
 lambda_t = C_t dy_t + exp(delta_{t+1} A) lambda_{t+1}. Decays are always exp(delta A) itself, recomputed
-in the walk with the forward's function (so bit for bit the forward's), never obtained by dividing a state
-by its decay (which underflows to 0 after a huge step). Only the gradients asked for are written.
+in the walk by the forward's function on the same operands, never obtained by dividing a state by its
+decay (which underflows to 0 after a huge step). Only the gradients asked for are written.
 
 Loops over positions index one-dimensional views from 0 (see :func:`_load_steps`).
 
@@ -604,7 +604,7 @@ def _backward_unit(u, delta, A, B, C, D, z, delta_bias, grad_out, grad_channels_
     lam_B = carray(_stack_buffer(STACK_CHANNELS, zero), count)  # sum_n lam_n B_n at one position
     grad_step = carray(_stack_buffer(STACK_CHANNELS, zero), count)
     _decay_rates(A, first, count, one, a_t)
-    _decay_rates(A, first, count, decay_scale_(zero), rates)  # the forward's decays, bit for bit
+    _decay_rates(A, first, count, decay_scale_(zero), rates)  # the forward's rates, for its decays
     for n in range(d_state):
         for j in range(count):
             lam[n, j] = zero
