@@ -24,7 +24,8 @@ def layer_norm_saved_elements(channels: int, tokens: int) -> int:
 class ChannelsFirstLayerNorm(nn.LayerNorm):
     """``nn.LayerNorm(channels)`` (same parameters, same state-dict keys) over dim 1 of a (batch, channels, L) map;
     it keeps what ``nn.LayerNorm`` keeps (:func:`layer_norm_saved_elements`). Its output is contiguous where the numba
-    kernel runs, a transposed view where PyTorch's LayerNorm does (see :func:`nnunet_mamba.ops.layer_norm_channels_first`).
+    kernel runs, a transposed view where PyTorch's LayerNorm does (see
+    :func:`nnunet_mamba.ops.layer_norm_channels_first`).
 
     For a block whose maps are channels-first on both sides: ``nn.LayerNorm`` would need them transposed into a
     copy first. A module, so that thop counts it by its forward hook as the ``nn.LayerNorm`` it is (``count_thop``

@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from nnunet_mamba.ops._optional import LazyImport
 from nnunet_mamba.ops.backends import AUTO
-from nnunet_mamba.ops.scan_numba import numba_launch
+from nnunet_mamba.ops.scan_numba import kernel_array, numba_launch
 from nnunet_mamba.ops.selective_scan import requested_backend
 
 try:  # the fused CUDA causal convolution (optional; the 'cuda' extra installs it)
@@ -51,10 +51,6 @@ def _numba_applies(x: torch.Tensor, *parameters: torch.Tensor | None) -> bool:
     return requested_backend() in (AUTO, "numba") and kernels_import.status()[0]
 
 
-def _numpy(t: torch.Tensor):
-    return t.detach().contiguous().numpy()
-
-
 def causal_conv1d_silu_torch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """PyTorch's depthwise convolution over the input padded in the past only (no outputs computed to be
     cropped, no crop whose gradient must be padded back)."""
@@ -72,8 +68,8 @@ class NumbaCausalConvSilu(torch.autograd.Function):
         offsets = bias if bias is not None else x.new_empty(0)
         rows = (-1, x.shape[-1])
         with numba_launch():
-            kernels.causal_conv_silu_forward(_numpy(x).reshape(rows), _numpy(taps), _numpy(offsets), bias is not None,
-                                             out.view(rows).numpy())
+            kernels.causal_conv_silu_forward(kernel_array(x).reshape(rows), kernel_array(taps), kernel_array(offsets),
+                                             bias is not None, out.view(rows).numpy())
         ctx.save_for_backward(x, weight, bias)
         return out
 
@@ -91,8 +87,8 @@ class NumbaCausalConvSilu(torch.autograd.Function):
         offsets = bias if bias is not None else x.new_empty(0)
         with numba_launch():
             kernels.causal_conv_silu_backward(
-                _numpy(x).reshape(rows), _numpy(taps), _numpy(offsets), bias is not None,
-                _numpy(grad_out.to(x.dtype)).reshape(rows), grad_x.view(rows).numpy(), grad_taps.numpy(),
+                kernel_array(x).reshape(rows), kernel_array(taps), kernel_array(offsets), bias is not None,
+                kernel_array(grad_out.to(x.dtype)).reshape(rows), grad_x.view(rows).numpy(), grad_taps.numpy(),
                 grad_offsets.numpy())
         grad_weight = grad_taps.view(-1, channels, taps.shape[1]).sum(0).view_as(weight)
         grad_bias = grad_offsets.view(-1, channels).sum(0) if bias is not None else None
@@ -136,10 +132,11 @@ class NumbaLayerNormChannelsFirst(torch.autograd.Function):
         mean = x.new_empty((batch, length))
         rstd = x.new_empty((batch, length))
         chunk = _layer_norm_chunk(channels)
-        array = _numpy(x)
+        array = kernel_array(x)
         with numba_launch():
-            kernels.layer_norm_channels_first_forward(array, _numpy(gain), _numpy(offset), array.dtype.type(eps), chunk,
-                                                      out.numpy(), mean.numpy(), rstd.numpy())
+            kernels.layer_norm_channels_first_forward(array, kernel_array(gain), kernel_array(offset),
+                                                      array.dtype.type(eps), chunk, out.numpy(), mean.numpy(),
+                                                      rstd.numpy())
         ctx.save_for_backward(x, gain, mean, rstd)
         ctx.chunk = chunk
         ctx.affine = (weight is not None, bias is not None)
@@ -157,8 +154,8 @@ class NumbaLayerNormChannelsFirst(torch.autograd.Function):
         grad_bias_units = x.new_empty((units, channels))
         with numba_launch():
             kernels.layer_norm_channels_first_backward(
-                _numpy(x), _numpy(gain), mean.numpy(), rstd.numpy(), _numpy(grad_out.to(x.dtype)), ctx.chunk,
-                grad_x.numpy(), grad_weight_units.numpy(), grad_bias_units.numpy())
+                kernel_array(x), kernel_array(gain), mean.numpy(), rstd.numpy(), kernel_array(grad_out.to(x.dtype)),
+                ctx.chunk, grad_x.numpy(), grad_weight_units.numpy(), grad_bias_units.numpy())
         has_weight, has_bias = ctx.affine
         return (grad_x, grad_weight_units.sum(0) if has_weight else None,
                 grad_bias_units.sum(0) if has_bias else None, None)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from nnunet_mamba.ops.numba_kernels import CACHE, JIT_OPTIONS, UNIT_OPTIONS, sigmoid_
+from nnunet_mamba.ops.numba_kernels import CACHE, HELPER_OPTIONS, JIT_OPTIONS, UNIT_OPTIONS, sigmoid_
 
 
 @njit(**UNIT_OPTIONS)
@@ -116,6 +116,14 @@ def causal_conv_silu_backward(x, weight, bias, has_bias, grad_out, grad_x, grad_
                 grad_x_row[i] += tap * later[i]
 
 
+@njit(**HELPER_OPTIONS)
+def _position_run(item, chunks, chunk, length):
+    """(batch element, first position, stop) of LayerNorm work unit ``item``: runs of ``chunk`` positions, ``chunks``
+    per batch element."""
+    begin = (item % chunks) * chunk
+    return item // chunks, begin, min(begin + chunk, length)
+
+
 @njit(**JIT_OPTIONS, cache=CACHE)
 def layer_norm_channels_first_forward(x, weight, bias, eps, chunk, out, mean, rstd):
     """out = (x - mean) rstd weight + bias over the channels of x, out: (batch, C, L); mean, rstd: (batch, L)."""
@@ -124,9 +132,7 @@ def layer_norm_channels_first_forward(x, weight, bias, eps, chunk, out, mean, rs
     inverse = x.dtype.type(1) / x.dtype.type(channels)
     zero = x.dtype.type(0)
     for item in prange(batch * chunks):
-        b = item // chunks
-        begin = (item % chunks) * chunk
-        stop = min(begin + chunk, length)
+        b, begin, stop = _position_run(item, chunks, chunk, length)
         positions = stop - begin
         means = mean[b, begin:stop]
         scales = rstd[b, begin:stop]
@@ -165,9 +171,7 @@ def layer_norm_channels_first_backward(x, weight, mean, rstd, grad_out, chunk, g
     inverse = x.dtype.type(1) / x.dtype.type(channels)
     zero = x.dtype.type(0)
     for item in prange(batch * chunks):
-        b = item // chunks
-        begin = (item % chunks) * chunk
-        stop = min(begin + chunk, length)
+        b, begin, stop = _position_run(item, chunks, chunk, length)
         positions = stop - begin
         means = mean[b, begin:stop]
         scales = rstd[b, begin:stop]

@@ -580,8 +580,8 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, has_D, has_z, has_bias, ap
 
 @njit(**UNIT_OPTIONS)
 def _backward_unit(u, delta, A, B, C, D, z, delta_bias, grad_out, grad_channels_last, starts, has_D, has_z,
-                   has_bias, apply_softplus, need_u, need_delta, need_A, need_B, need_C, need_D, need_z, chunk, b, g, first,
-                   count, block, grad_u, grad_delta, grad_z, grad_A, grad_D_part, grad_bias_part, grad_B_acc,
+                   has_bias, apply_softplus, need_u, need_delta, need_A, need_B, need_C, need_D, need_z, chunk, b, g,
+                   first, count, block, grad_u, grad_delta, grad_z, grad_A, grad_D_part, grad_bias_part, grad_B_acc,
                    grad_C_acc):
     """:func:`scan_backward` for channels first..first+count-1 of batch element b (all in group g)."""
     seq_len = u.shape[2]

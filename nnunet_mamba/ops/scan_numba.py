@@ -147,14 +147,19 @@ def saved_state_positions(seq_len: int, d_state: int) -> int:
     return -(-seq_len // backward_chunk(seq_len, d_state))
 
 
-def _array(t: Optional[torch.Tensor], empty_shape, like: torch.Tensor):
-    """A C-contiguous numpy view of ``t`` (for the kernels), or an empty array standing in for None."""
-    if t is None:
-        return like.new_empty(empty_shape).numpy()
+def kernel_array(t: torch.Tensor):
+    """A C-contiguous numpy view of ``t`` (a copy where it is not contiguous), as every numba kernel takes it."""
     t = t.detach()
     if t.is_neg():
         t = t.resolve_neg()
     return t.contiguous().numpy()
+
+
+def _array(t: Optional[torch.Tensor], empty_shape, like: torch.Tensor):
+    """:func:`kernel_array` of ``t``, or an empty array standing in for None."""
+    if t is None:
+        return like.new_empty(empty_shape).numpy()
+    return kernel_array(t)
 
 
 def _run_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_every: int = 0):
