@@ -1,12 +1,13 @@
-"""The blocks' ops with numba kernels (``ops.block_ops``): the causal convolution with its SiLU and the channels-first
-LayerNorm, each kernel against PyTorch's op in float64 and float32, forward and every gradient, and which
-implementation runs where."""
+"""The blocks' ops with numba kernels (``ops.block_ops``): the causal convolution with its SiLU, the channels-first
+LayerNorm and the size-keeping depthwise convolution, each kernel against PyTorch's op in float64 and float32,
+forward and every gradient, and which implementation runs where."""
 import pytest
 import torch
 
 from nnunet_mamba.ops import block_ops, scan_backend_override
-from nnunet_mamba.ops.block_ops import (NumbaCausalConvSilu, NumbaLayerNormChannelsFirst, causal_conv1d_silu,
-                                         causal_conv1d_silu_torch, layer_norm_channels_first,
+from nnunet_mamba.ops.block_ops import (NumbaCausalConvSilu, NumbaDepthwiseConv, NumbaLayerNormChannelsFirst,
+                                         causal_conv1d_silu, causal_conv1d_silu_torch, depthwise_conv_same,
+                                         depthwise_conv_same_torch, layer_norm_channels_first,
                                          layer_norm_channels_first_torch)
 
 pytestmark = pytest.mark.skipif(not block_ops.kernels_import.status()[0], reason="numba unavailable")
@@ -122,3 +123,67 @@ def test_channels_first_layer_norm_gradcheck_and_dispatch():
             "NumbaLayerNormChannelsFirstBackward"
     with pytest.raises(ValueError, match=r"\(batch, channels, L\), got shape \(2, 4\)"):
         layer_norm_channels_first(torch.zeros(2, 4), None, None, 1e-5)
+
+
+def _depthwise_inputs(shape, kernel, dtype, with_bias, seed=6):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=generator, dtype=dtype, requires_grad=True)
+    weight = torch.randn(shape[1], 1, *kernel, generator=generator, dtype=dtype, requires_grad=True)
+    bias = torch.randn(shape[1], generator=generator, dtype=dtype, requires_grad=True) if with_bias else None
+    return x, weight, bias, torch.randn(*shape, generator=generator, dtype=dtype)
+
+
+@pytest.mark.parametrize("shape,kernel,with_bias", [
+    ((2, 3, 5, 7), (3, 3), True),  # 2D, the decoder's kernel
+    ((1, 2, 4, 6, 5), (3, 3, 3), False),  # 3D
+    ((2, 2, 3, 9, 1), (1, 3, 5), True),  # mixed sizes; a row one value wide
+    ((1, 4, 1, 2), (3, 3), True),  # kernel wider than the map
+    ((2, 3, 6, 8), (1, 1), True),  # the head's 1^d depthwise conv
+    ((1, 1, 3, 5, 19), (3, 5, 3), True),  # one map: split into runs of rows, partial gradients summed
+])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_depthwise_kernel_matches_pytorch_convolution(shape, kernel, with_bias, dtype, tolerance):
+    x, weight, bias, grad_out = _depthwise_inputs(shape, kernel, dtype, with_bias)
+    ours = _forward_and_gradients(NumbaDepthwiseConv.apply, x, weight, bias, grad_out)
+    reference = _forward_and_gradients(depthwise_conv_same_torch, x, weight, bias, grad_out)
+    assert len(ours) == len(reference) == (4 if with_bias else 3)
+    assert ours[0].shape == x.shape
+    for got, expected in zip(ours, reference):
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_depthwise_gradcheck_and_parameter_gradients_alone():
+    x, weight, bias, _ = _depthwise_inputs((2, 2, 3, 4, 5), (3, 3, 3), torch.float64, True)
+    assert torch.autograd.gradcheck(NumbaDepthwiseConv.apply, (x, weight, bias))
+    # a stem's input needs no gradient: the weight's and bias' come out alone, and the same
+    image = x.detach()
+    out = NumbaDepthwiseConv.apply(image, weight, bias)
+    got = torch.autograd.grad(out.sum(), (weight, bias))
+    expected = torch.autograd.grad(depthwise_conv_same_torch(image, weight, bias).sum(), (weight, bias))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _depthwise_runs_kernel(x, weight, bias) -> bool:
+    return type(depthwise_conv_same(x, weight, bias).grad_fn).__name__ == "NumbaDepthwiseConvBackward"
+
+
+def test_depthwise_dispatch_and_errors():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, weight, bias, _ = _depthwise_inputs((1, 2, 6, 6), (3, 3), torch.float32, True)
+    assert _depthwise_runs_kernel(x, weight, bias)
+    with scan_backend_override("torch"):
+        assert not _depthwise_runs_kernel(x, weight, bias)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _depthwise_runs_kernel(x, weight, bias)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:  # PyTorch's convolution, counted
+        depthwise_conv_same(x, weight, bias)
+    assert counter.get_total_flops() == 2 * 2 * 36 * 9
+    traced = torch.jit.trace(depthwise_conv_same, (x.detach(), weight.detach(), bias.detach()))
+    assert "aten::_convolution" in str(traced.graph)  # fvcore traces: it must see the convolution
+    with pytest.raises(ValueError, match=r"odd kernel sizes, got x \(1, 2, 6, 6\) and weight \(2, 1, 2, 2\)"):
+        depthwise_conv_same(x, torch.zeros(2, 1, 2, 2), None)
+    with pytest.raises(ValueError, match=r"got x \(2, 6\)"):
+        depthwise_conv_same(torch.zeros(2, 6), torch.zeros(2, 1, 3), None)

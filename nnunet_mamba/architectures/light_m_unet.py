@@ -34,6 +34,7 @@ from torch import nn
 from nnunet_mamba.architectures.base import NoDeepSupervisionDecoder, SegmentationNetwork
 from nnunet_mamba.architectures.registry import register_network, register_variant
 from nnunet_mamba.blocks.channels_first import ChannelsFirstLinear
+from nnunet_mamba.blocks.convolutions import depthwise_conv, pointwise_conv
 from nnunet_mamba.blocks.layer_norm import ChannelsFirstLayerNorm, layer_norm_saved_elements
 from nnunet_mamba.blocks.mamba import Mamba
 
@@ -51,10 +52,8 @@ def _pool_op(spatial_dims: int) -> type[nn.Module]:
 def depthwise_separable_conv(conv_op, in_channels: int, out_channels: int, kernel_size: int,
                              bias: bool) -> nn.Sequential:
     """The official DWConv: depthwise k^d conv, then pointwise conv, nothing in between."""
-    return nn.Sequential(
-        conv_op(in_channels, in_channels, kernel_size, padding=kernel_size // 2, groups=in_channels, bias=bias),
-        conv_op(in_channels, out_channels, 1, bias=bias),
-    )
+    return nn.Sequential(depthwise_conv(conv_op, in_channels, kernel_size, bias),
+                         pointwise_conv(conv_op, in_channels, out_channels, bias))
 
 
 class RVMLayer(nn.Module):
@@ -194,13 +193,13 @@ class LightMUNetDecoder(NoDeepSupervisionDecoder):
         deepest_first = list(widths[::-1])
         # official order: the 1^d conv at the low resolution, then the interpolation
         self.upsamples = nn.ModuleList(
-            nn.Sequential(conv_op(deepest_first[i], deepest_first[i + 1], 1, bias=False),
+            nn.Sequential(pointwise_conv(conv_op, deepest_first[i], deepest_first[i + 1], bias=False),
                           nn.Upsample(scale_factor=tuple(float(s) for s in strides[::-1][i]), mode=mode,
                                       align_corners=False))
             for i in range(len(widths) - 1))
         block = ConvResBlock if variant == "v0" else ResUpBlock
         self.blocks = nn.ModuleList(block(deepest_first[i + 1], conv_op) for i in range(len(widths) - 1))
-        head = ([conv_op(widths[0], num_classes, 1, bias=True)] if variant == "v0" else
+        head = ([pointwise_conv(conv_op, widths[0], num_classes, bias=True)] if variant == "v0" else
                 list(depthwise_separable_conv(conv_op, widths[0], num_classes, 1, bias=True)))
         self.seg_layers = nn.ModuleList([nn.Sequential(nn.GroupNorm(GROUPS, widths[0]), nn.ReLU(inplace=True), *head)])
 

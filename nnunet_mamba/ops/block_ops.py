@@ -4,11 +4,13 @@
   ``causal_conv1d``'s kernel when that package imports.
 * :func:`layer_norm_channels_first`: LayerNorm over the channels of a (batch, channels, L) map, which
   ``F.layer_norm`` can only reach through a transposed copy.
+* :func:`depthwise_conv_same`: a depthwise 2D or 3D convolution with odd kernels, stride 1 and the zero padding
+  that keeps the size (LightM-UNet's), which oneDNN runs several times slower than its arithmetic allows.
 
 The numba kernels (:mod:`nnunet_mamba.ops.numba_block_kernels`) run for float32 and float64 CPU tensors wherever
 the selective scan runs numba's (the CPU default; ``NNUNET_MAMBA_SCAN=torch`` gives PyTorch's everywhere), except
-under CPU autocast (whose bfloat16 convolution and float32 LayerNorm PyTorch's ops keep) and under a dispatch mode
-(FLOP counters, fake tensors), which must see aten ops. PyTorch's versions are also the references the tests hold
+under CPU autocast (whose bfloat16 convolution and float32 LayerNorm PyTorch's ops keep), under a dispatch mode
+(FLOP counters, fake tensors) and in a JIT trace (fvcore's counter), which must see aten ops. PyTorch's versions are also the references the tests hold
 the kernels to.
 
 The fused causal convolution saves only its input and recomputes the pre-activation in the backward; PyTorch's
@@ -46,7 +48,7 @@ def _numba_applies(x: torch.Tensor, *parameters: torch.Tensor | None) -> bool:
         return False
     if any(p is not None and p.dtype != x.dtype for p in parameters):
         return False
-    if torch.is_autocast_enabled("cpu") or is_in_torch_dispatch_mode():
+    if torch.is_autocast_enabled("cpu") or is_in_torch_dispatch_mode() or torch.jit.is_tracing():
         return False
     return requested_backend() in (AUTO, "numba") and kernels_import.status()[0]
 
@@ -171,3 +173,89 @@ def layer_norm_channels_first(x: torch.Tensor, weight: torch.Tensor | None, bias
     if _numba_applies(x, weight, bias):
         return NumbaLayerNormChannelsFirst.apply(x, weight, bias, eps)
     return layer_norm_channels_first_torch(x, weight, bias, eps)
+
+
+def depthwise_conv_same_torch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """PyTorch's depthwise convolution, stride 1, padded by half the kernel on every side."""
+    convolution = F.conv2d if x.dim() == 4 else F.conv3d
+    return convolution(x, weight, bias, padding=tuple(k // 2 for k in weight.shape[2:]), groups=x.shape[1])
+
+
+def _depthwise_volumes(x: torch.Tensor, weight: torch.Tensor):
+    """x as (batch x channels, D, H, W) maps and weight as (channels, kD, kH, kW): a 2D map is one slice deep."""
+    if x.dim() == 4:
+        return x.unsqueeze(2), weight.unsqueeze(2)
+    return x, weight
+
+
+def _depthwise_rows_per_unit(maps: int, rows: int, threads: int) -> int:
+    """Rows per work unit: whole maps where there are enough for every thread, else maps split into as many
+    runs of rows as give each thread four units."""
+    units_per_map = min(rows, -(-4 * threads // maps)) if maps < 4 * threads else 1
+    return -(-rows // units_per_map)
+
+
+class NumbaDepthwiseConv(torch.autograd.Function):
+    """'Same' depthwise convolution of (batch, channels, *spatial), 2D or 3D, on CPU; saves x and weight. The
+    input gradient is the same convolution of the output gradient with the kernel mirrored."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        kernels = kernels_import.result()[0]
+        volumes, taps = _depthwise_volumes(x, weight.detach())
+        taps = taps.squeeze(1)
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        maps = volumes.shape[0] * volumes.shape[1]
+        shape = (maps, *volumes.shape[2:])
+        with numba_launch() as threads:
+            rows_per_unit = _depthwise_rows_per_unit(maps, shape[1] * shape[2], threads)
+            kernels.depthwise_conv_forward(kernel_array(volumes).reshape(shape), kernel_array(taps),
+                                           kernel_array(bias if bias is not None else x.new_empty(0)),
+                                           bias is not None, rows_per_unit, out.view(shape).numpy())
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        kernels = kernels_import.result()[0]
+        volumes, taps = _depthwise_volumes(x, weight.detach())
+        taps = taps.squeeze(1)
+        maps = volumes.shape[0] * volumes.shape[1]
+        shape = (maps, *volumes.shape[2:])
+        grad_volumes = kernel_array(_depthwise_volumes(grad_out.to(x.dtype), weight)[0]).reshape(shape)
+        grad_x = grad_weight = grad_bias = None
+        with numba_launch() as threads:
+            rows_per_unit = _depthwise_rows_per_unit(maps, shape[1] * shape[2], threads)
+            if ctx.needs_input_grad[0]:
+                grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
+                mirrored = kernel_array(taps.flip(1, 2, 3))
+                kernels.depthwise_conv_forward(grad_volumes, mirrored, kernel_array(x.new_empty(0)), False, rows_per_unit,
+                                               grad_x.view(shape).numpy())
+            if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+                units = maps * -(-(shape[1] * shape[2]) // rows_per_unit)
+                grad_weight_units = x.new_empty((units, *taps.shape[1:]))
+                grad_bias_units = x.new_empty(units)
+                kernels.depthwise_conv_parameter_grads(kernel_array(volumes).reshape(shape), grad_volumes,
+                                                       tuple(taps.shape[1:]), rows_per_unit, grad_weight_units.numpy(),
+                                                       grad_bias_units.numpy())
+                per_channel = (x.shape[0], weight.shape[0], units // maps, -1)  # unit = (batch, channel, run)
+                grad_weight = grad_weight_units.view(per_channel).sum((0, 2)).view_as(weight)
+                grad_bias = grad_bias_units.view(per_channel).sum((0, 2, 3)) if ctx.has_bias else None
+        return grad_x, grad_weight, grad_bias
+
+
+def depthwise_conv_same(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Depthwise convolution of x (batch, channels, H, W) or (batch, channels, D, H, W) with ``weight``
+    (channels, 1, *kernel) as ``nn.Conv2d``/``nn.Conv3d`` store it, odd kernel sizes, stride 1 and zero padding
+    of half the kernel: the output has the input's size. bias: (channels,) or None."""
+    if (x.dim() not in (4, 5) or weight.dim() != x.dim() or weight.shape[0] != x.shape[1] or weight.shape[1] != 1
+            or any(k % 2 == 0 for k in weight.shape[2:])):
+        raise ValueError(f"depthwise_conv_same takes x (batch, channels, *spatial) with 2 or 3 spatial axes and a "
+                         f"depthwise weight (channels, 1, *kernel) with odd kernel sizes, got x {tuple(x.shape)} and "
+                         f"weight {tuple(weight.shape)}")
+    if _numba_applies(x, weight, bias):
+        return NumbaDepthwiseConv.apply(x, weight, bias)
+    return depthwise_conv_same_torch(x, weight, bias)

@@ -1,5 +1,6 @@
 """Compiled CPU kernels (numba) of the blocks' ops other than the scan: the Mamba block's causal depthwise
-convolution with its SiLU, and a LayerNorm over the channels of a channels-first map.
+convolution with its SiLU, a LayerNorm over the channels of a channels-first map, and a size-keeping depthwise
+2D/3D convolution.
 
 Importing this module imports numba; :mod:`nnunet_mamba.ops.block_ops` imports it lazily, as the scan's kernels
 are.
@@ -18,6 +19,15 @@ positions are accumulated over the channels one row at a time, so every loop run
 and vectorises (PyTorch's LayerNorm normalises the last axis, and a channels-first map must first be transposed
 into a copy, about 5 ns a value). Mean, then variance about it, in two passes. Weight and bias gradients are
 summed per unit and then over units by the caller.
+
+Depthwise convolution ('same' zero padding, stride 1, odd kernels; a 2D map is a 3D one of depth 1). A work unit
+is a run of rows (z, y) of one (batch, channel) map: whole maps where there are enough of them for the threads,
+else each map split. An output row is the sum, over the kernel's (depth, height) taps whose source row lies in the
+map, of that source row's taps along the row: passes that run along contiguous positions and vectorise, the
+decoder's three taps in one pass. The input gradient is the same convolution of the output gradient with the kernel
+mirrored; the weight gradient one dot product per tap and row pair, summed per unit (then over units by the caller).
+oneDNN took 0.98 s forward and backward against 0.17 s on LightM-UNet's 3D first level (32 channels, 64^3, 3^3
+kernel, 2 threads).
 """
 from __future__ import annotations
 
@@ -117,11 +127,11 @@ def causal_conv_silu_backward(x, weight, bias, has_bias, grad_out, grad_x, grad_
 
 
 @njit(**HELPER_OPTIONS)
-def _position_run(item, chunks, chunk, length):
-    """(batch element, first position, stop) of LayerNorm work unit ``item``: runs of ``chunk`` positions, ``chunks``
-    per batch element."""
-    begin = (item % chunks) * chunk
-    return item // chunks, begin, min(begin + chunk, length)
+def _unit_run(unit, runs, run, length):
+    """(item, first, stop) of work unit ``unit`` when every item (a LayerNorm's batch element, a depthwise
+    convolution's map) is ``runs`` units of ``run`` positions (rows) each, the last one shorter."""
+    begin = (unit % runs) * run
+    return unit // runs, begin, min(begin + run, length)
 
 
 @njit(**JIT_OPTIONS, cache=CACHE)
@@ -132,7 +142,7 @@ def layer_norm_channels_first_forward(x, weight, bias, eps, chunk, out, mean, rs
     inverse = x.dtype.type(1) / x.dtype.type(channels)
     zero = x.dtype.type(0)
     for item in prange(batch * chunks):
-        b, begin, stop = _position_run(item, chunks, chunk, length)
+        b, begin, stop = _unit_run(item, chunks, chunk, length)
         positions = stop - begin
         means = mean[b, begin:stop]
         scales = rstd[b, begin:stop]
@@ -171,7 +181,7 @@ def layer_norm_channels_first_backward(x, weight, mean, rstd, grad_out, chunk, g
     inverse = x.dtype.type(1) / x.dtype.type(channels)
     zero = x.dtype.type(0)
     for item in prange(batch * chunks):
-        b, begin, stop = _position_run(item, chunks, chunk, length)
+        b, begin, stop = _unit_run(item, chunks, chunk, length)
         positions = stop - begin
         means = mean[b, begin:stop]
         scales = rstd[b, begin:stop]
@@ -204,3 +214,109 @@ def layer_norm_channels_first_backward(x, weight, mean, rstd, grad_out, chunk, g
             for i in range(positions):
                 normalised = (row[i] - means[i]) * scales[i]
                 target[i] = scales[i] * (grad_row[i] * gain - mean_g[i] - normalised * mean_g_xhat[i])
+
+
+@njit(**UNIT_OPTIONS)
+def _shifted_rows(source, target, shift):
+    """The parts of ``source`` and ``target`` (rows of one width) paired by target[i] <-> source[i + shift],
+    both indexed from 0 (so that the loops over them vectorise)."""
+    width = target.shape[0]
+    if shift >= 0:
+        return source[shift:], target[:max(0, width - shift)]
+    return source[:max(0, width + shift)], target[-shift:]
+
+
+@njit(**UNIT_OPTIONS)
+def _taps_inside(position, kernel, size):
+    """(first, stop): the taps t of a centred kernel whose source, position + t - kernel // 2, lies in [0, size)."""
+    half = kernel // 2
+    return max(0, half - position), min(kernel, size - position + half)
+
+
+@njit(**UNIT_OPTIONS)
+def _add_row_taps(source, taps, target):
+    """target[i] += sum_e taps[e] source[i + e - K // 2] (source zero outside the row): one row of taps of a
+    'same' convolution. Three taps, the decoder's, are one pass over the interior."""
+    width = target.shape[0]
+    kernel = taps.shape[0]
+    if kernel == 3 and width >= 3:
+        w0, w1, w2 = taps[0], taps[1], taps[2]
+        target[0] += w1 * source[0] + w2 * source[1]
+        target[width - 1] += w0 * source[width - 2] + w1 * source[width - 1]
+        left = source[:width - 2]
+        centre = source[1:width - 1]
+        right = source[2:]
+        inner = target[1:width - 1]
+        for i in range(width - 2):
+            inner[i] += (w0 * left[i] + w1 * centre[i]) + w2 * right[i]
+        return
+    for e in range(kernel):
+        read, written = _shifted_rows(source, target, e - kernel // 2)
+        tap = taps[e]
+        for i in range(written.shape[0]):
+            written[i] += tap * read[i]
+
+
+@njit(**JIT_OPTIONS, cache=CACHE)
+def depthwise_conv_forward(x, weight, bias, has_bias, rows_per_unit, out):
+    """out = 'same' depthwise convolution of x (zero padding, stride 1): x, out (maps, D, H, W) with map m of
+    channel m % channels; weight (channels, kD, kH, kW), odd sizes; bias (channels,), or empty with ``has_bias``
+    False. A work unit is ``rows_per_unit`` of a map's D x H rows."""
+    maps, depth, height, width = x.shape
+    channels, kernel_depth, kernel_height, _ = weight.shape
+    rows = depth * height
+    units_per_map = (rows + rows_per_unit - 1) // rows_per_unit
+    zero = x.dtype.type(0)
+    for unit in prange(maps * units_per_map):
+        m, first, stop = _unit_run(unit, units_per_map, rows_per_unit, rows)
+        channel = m % channels
+        offset = bias[channel] if has_bias else zero
+        for row in range(first, stop):
+            z = row // height
+            y = row % height
+            target = out[m, z, y]
+            for i in range(width):
+                target[i] = offset
+            first_a, stop_a = _taps_inside(z, kernel_depth, depth)
+            first_b, stop_b = _taps_inside(y, kernel_height, height)
+            for a in range(first_a, stop_a):
+                for b in range(first_b, stop_b):
+                    source = x[m, z + a - kernel_depth // 2, y + b - kernel_height // 2]
+                    _add_row_taps(source, weight[channel, a, b], target)
+
+
+@njit(**JIT_OPTIONS, cache=CACHE)
+def depthwise_conv_parameter_grads(x, grad_out, kernel_shape, rows_per_unit, grad_weight_units, grad_bias_units):
+    """The weight and bias gradients of :func:`depthwise_conv_forward` per work unit, to be summed over a
+    channel's units by the caller: grad_weight_units (units, kD, kH, kW), grad_bias_units (units,)."""
+    maps, depth, height, width = x.shape
+    kernel_depth, kernel_height, kernel_width = kernel_shape
+    rows = depth * height
+    units_per_map = (rows + rows_per_unit - 1) // rows_per_unit
+    zero = x.dtype.type(0)
+    for unit in prange(maps * units_per_map):
+        m, first, stop = _unit_run(unit, units_per_map, rows_per_unit, rows)
+        partial = grad_weight_units[unit]
+        for a in range(kernel_depth):
+            for b in range(kernel_height):
+                for e in range(kernel_width):
+                    partial[a, b, e] = zero
+        bias_total = zero
+        for row in range(first, stop):
+            z = row // height
+            y = row % height
+            grad_row = grad_out[m, z, y]
+            for i in range(width):
+                bias_total += grad_row[i]
+            first_a, stop_a = _taps_inside(z, kernel_depth, depth)
+            first_b, stop_b = _taps_inside(y, kernel_height, height)
+            for a in range(first_a, stop_a):
+                for b in range(first_b, stop_b):
+                    source = x[m, z + a - kernel_depth // 2, y + b - kernel_height // 2]
+                    for e in range(kernel_width):
+                        read, grads = _shifted_rows(source, grad_row, e - kernel_width // 2)
+                        total = zero
+                        for i in range(grads.shape[0]):
+                            total += grads[i] * read[i]
+                        partial[a, b, e] += total
+        grad_bias_units[unit] = bias_total
