@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 from nnunet_mamba.architectures import build_network, synthetic_configuration
-from nnunet_mamba.blocks.convolutions import THOP_CONVOLUTIONS
+from nnunet_mamba.blocks.convolutions import CONVOLUTION_CLASSES
 
 
 def with_pytorch_convolutions(network: nn.Module) -> nn.Module:
     plain = copy.deepcopy(network)
     for module in plain.modules():
-        if isinstance(module, THOP_CONVOLUTIONS):
+        if isinstance(module, CONVOLUTION_CLASSES):
             module.__class__ = nn.Conv3d if isinstance(module, nn.Conv3d) else nn.Conv2d
     return plain
 

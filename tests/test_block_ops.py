@@ -1,6 +1,9 @@
 """The blocks' ops with numba kernels (``ops.block_ops``): the causal convolution with its SiLU, the channels-first
 LayerNorm and the size-keeping depthwise convolution, each kernel against PyTorch's op in float64 and float32,
 forward and every gradient, and which implementation runs where."""
+import contextlib
+import math
+
 import pytest
 import torch
 
@@ -9,6 +12,7 @@ from nnunet_mamba.ops.block_ops import (NumbaCausalConvSilu, NumbaDepthwiseConv,
                                          causal_conv1d_silu, causal_conv1d_silu_torch, depthwise_conv_same,
                                          depthwise_conv_same_torch, layer_norm_channels_first,
                                          layer_norm_channels_first_torch)
+from nnunet_mamba.ops.scan_numba import numba_launch as real_numba_launch
 
 pytestmark = pytest.mark.skipif(not block_ops.kernels_import.status()[0], reason="numba unavailable")
 
@@ -133,16 +137,31 @@ def _depthwise_inputs(shape, kernel, dtype, with_bias, seed=6):
     return x, weight, bias, torch.randn(*shape, generator=generator, dtype=dtype)
 
 
+@contextlib.contextmanager
+def _layout_for_threads(threads):
+    """numba_launch as block_ops sees it, yielding ``threads`` for the work-unit layout (numba keeps its own)."""
+    with real_numba_launch():
+        yield threads
+
+
 @pytest.mark.parametrize("shape,kernel,with_bias", [
     ((2, 3, 5, 7), (3, 3), True),  # 2D, the decoder's kernel
     ((1, 2, 4, 6, 5), (3, 3, 3), False),  # 3D
     ((2, 2, 3, 9, 1), (1, 3, 5), True),  # mixed sizes; a row one value wide
     ((1, 4, 1, 2), (3, 3), True),  # kernel wider than the map
+    ((2, 2, 4, 3), (3, 3), True),  # rows exactly three wide: the three-tap pass's two edges meet
+    ((1, 2, 3, 1), (3, 3), False),  # rows one wide with three taps
     ((2, 3, 6, 8), (1, 1), True),  # the head's 1^d depthwise conv
     ((1, 1, 3, 5, 19), (3, 5, 3), True),  # one map: split into runs of rows, partial gradients summed
 ])
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
-def test_depthwise_kernel_matches_pytorch_convolution(shape, kernel, with_bias, dtype, tolerance):
+@pytest.mark.parametrize("threads", [1, 64])  # 64: every map split into runs of rows, whatever the machine
+def test_depthwise_kernel_matches_pytorch_convolution(monkeypatch, shape, kernel, with_bias, dtype, tolerance, threads):
+    monkeypatch.setattr(block_ops, "numba_launch", lambda: _layout_for_threads(threads))
+    layout = block_ops._DepthwiseLayout(torch.zeros(shape), torch.zeros(shape[1], 1, *kernel), threads)
+    rows = math.prod(layout.maps_shape[1:3])
+    if threads == 64 and rows > 1:
+        assert layout.units > layout.maps_shape[0]
     x, weight, bias, grad_out = _depthwise_inputs(shape, kernel, dtype, with_bias)
     ours = _forward_and_gradients(NumbaDepthwiseConv.apply, x, weight, bias, grad_out)
     reference = _forward_and_gradients(depthwise_conv_same_torch, x, weight, bias, grad_out)
@@ -163,6 +182,11 @@ def test_depthwise_gradcheck_and_parameter_gradients_alone():
     expected = torch.autograd.grad(depthwise_conv_same_torch(image, weight, bias).sum(), (weight, bias))
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # frozen weights: the input's gradient alone
+    frozen = weight.detach()
+    got = torch.autograd.grad(NumbaDepthwiseConv.apply(x, frozen, None).sum(), x)[0]
+    expected = torch.autograd.grad(depthwise_conv_same_torch(x, frozen, None).sum(), x)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
 def _depthwise_runs_kernel(x, weight, bias) -> bool:

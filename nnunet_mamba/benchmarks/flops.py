@@ -53,7 +53,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnunet_mamba.blocks.channels_first import ChannelsFirstLinear
-from nnunet_mamba.blocks.convolutions import THOP_CONVOLUTIONS
+from nnunet_mamba.blocks.convolutions import CONVOLUTION_CLASSES
 from nnunet_mamba.blocks.layer_norm import ChannelsFirstLayerNorm
 from nnunet_mamba.ops.selective_scan import ScanCall, observe_scan_calls, scan_backend_override
 
@@ -248,7 +248,7 @@ def count_thop(module: nn.Module, *inputs) -> ProtocolCount:
         # our channels-first Linear and LayerNorm and our convolution subclasses are the nn.Linear, nn.LayerNorm and
         # convolutions of the published layers, which thop counted
         custom_ops = {ChannelsFirstLinear: count_linear, ChannelsFirstLayerNorm: count_normalization,
-                      **{convolution: count_convNd for convolution in THOP_CONVOLUTIONS}}
+                      **{convolution: count_convNd for convolution in CONVOLUTION_CLASSES}}
         macs, parameters = thop.profile(module, inputs=inputs, verbose=False, custom_ops=custom_ops)
     return ProtocolCount("thop", int(parameters), int(macs), sum(p.numel() for p in module.parameters()), scan[0])
 

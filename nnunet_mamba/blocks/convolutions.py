@@ -1,13 +1,12 @@
 """Depthwise and pointwise convolutions as modules with ``nn.Conv2d``/``nn.Conv3d``'s parameters and state-dict
 keys, computed on CPU by what runs them fastest there.
 
-oneDNN, which PyTorch's CPU convolutions call, runs both kinds in 3D well below their arithmetic. On LightM-UNet's
-3D first level (32 channels, 64^3, 2 threads), forward and backward: a depthwise 3^3 convolution 0.98 s against
-0.17 s for the numba kernel of :func:`nnunet_mamba.ops.depthwise_conv_same`, a depthwise 1^3 one (a scale and
-shift per channel) 0.15 s against 0.04 s, a 32 -> 32 pointwise one 0.16 s against 0.09 s for a batched matrix
-product, a 32 -> 3 one 74 ms against 32 ms. In 2D both ways take the same time. Subclasses rather than new
-modules: checkpoints, nnU-Net's weight initialisation (``isinstance`` of a convolution) and thop (told by
-``count_thop``) see the convolutions they are.
+oneDNN, which PyTorch's CPU convolutions call, runs both kinds on 3D maps well below their arithmetic: on
+LightM-UNet's 3D levels the numba kernel of :func:`nnunet_mamba.ops.depthwise_conv_same` is 3.6 to 16 times faster
+forward and backward, a batched matrix product over the channels 1.8 to 2.3 times (``docs/benchmarks.md``, "CPU
+efficiency, third part"). On 2D maps the network runs as fast either way. Subclasses rather than new modules:
+checkpoints, nnU-Net's weight initialisation (``isinstance`` of a convolution) and thop (told by ``count_thop``)
+see the convolutions they are. Each checks at construction that it is the convolution its forward computes.
 """
 from __future__ import annotations
 
@@ -20,7 +19,25 @@ from nnunet_mamba.blocks.channels_first import linear_channels_first
 from nnunet_mamba.ops import depthwise_conv_same
 
 
+def _check_settings(module: nn.Module, what: str, kernel_ok: bool, padding, groups: int) -> None:
+    expected = (kernel_ok, module.stride, module.dilation, module.padding, module.groups, module.padding_mode)
+    ones = (1,) * len(module.kernel_size)
+    if expected != (True, ones, ones, padding, groups, "zeros"):
+        raise ValueError(f"{type(module).__name__} is {what}: got kernel_size {module.kernel_size}, stride "
+                         f"{module.stride}, dilation {module.dilation}, padding {module.padding}, groups "
+                         f"{module.groups}, padding_mode {module.padding_mode!r}")
+
+
 class _SizeKeepingDepthwise:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _check_settings(self, "a depthwise convolution with odd kernel sizes, stride 1 and padding of half the "
+                              "kernel (zeros)", all(k % 2 for k in self.kernel_size),
+                        tuple(k // 2 for k in self.kernel_size), self.in_channels)
+        if self.out_channels != self.in_channels:
+            raise ValueError(f"{type(self).__name__} maps every channel to itself: in_channels {self.in_channels}, "
+                             f"out_channels {self.out_channels}")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return depthwise_conv_same(x, self.weight, self.bias)
 
@@ -34,8 +51,17 @@ class DepthwiseConv3d(_SizeKeepingDepthwise, nn.Conv3d):
 
 
 class _Pointwise:
+    """On CPU one batched product over the channels, with a channels-first (contiguous) output whatever the input's
+    memory format; elsewhere, and in a JIT trace (fvcore counts convolutions, not a biased ``baddbmm``), the
+    convolution itself."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _check_settings(self, "a 1^d convolution (stride 1, no padding, one group)",
+                        all(k == 1 for k in self.kernel_size), (0,) * len(self.kernel_size), 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":  # cuDNN's 1^d convolutions are as fast as a matrix product
+        if x.device.type != "cpu" or torch.jit.is_tracing():  # cuDNN's 1^d convolutions are as fast as a product
             return super().forward(x)
         batch, _, *spatial = x.shape
         weight = self.weight.view(self.out_channels, self.in_channels)
@@ -44,17 +70,17 @@ class _Pointwise:
 
 
 class PointwiseConv2d(_Pointwise, nn.Conv2d):
-    """``nn.Conv2d(in_channels, out_channels, 1)``: on CPU one batched matrix product over the channels."""
+    """``nn.Conv2d(in_channels, out_channels, 1)``."""
 
 
 class PointwiseConv3d(_Pointwise, nn.Conv3d):
-    """``nn.Conv3d(in_channels, out_channels, 1)``: on CPU one batched matrix product over the channels."""
+    """``nn.Conv3d(in_channels, out_channels, 1)``."""
 
 
 _DEPTHWISE = {nn.Conv2d: DepthwiseConv2d, nn.Conv3d: DepthwiseConv3d}
 _POINTWISE = {nn.Conv2d: PointwiseConv2d, nn.Conv3d: PointwiseConv3d}
-#: every class here, with the convolution thop must count it as
-THOP_CONVOLUTIONS = (DepthwiseConv2d, DepthwiseConv3d, PointwiseConv2d, PointwiseConv3d)
+#: every class here; each is the convolution it subclasses (thop counts it as one, see ``count_thop``)
+CONVOLUTION_CLASSES = (DepthwiseConv2d, DepthwiseConv3d, PointwiseConv2d, PointwiseConv3d)
 
 
 def _subclass_of(table: dict, conv_op) -> type:

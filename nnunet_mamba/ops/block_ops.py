@@ -10,8 +10,8 @@
 The numba kernels (:mod:`nnunet_mamba.ops.numba_block_kernels`) run for float32 and float64 CPU tensors wherever
 the selective scan runs numba's (the CPU default; ``NNUNET_MAMBA_SCAN=torch`` gives PyTorch's everywhere), except
 under CPU autocast (whose bfloat16 convolution and float32 LayerNorm PyTorch's ops keep), under a dispatch mode
-(FLOP counters, fake tensors) and in a JIT trace (fvcore's counter), which must see aten ops. PyTorch's versions are also the references the tests hold
-the kernels to.
+(FLOP counters, fake tensors) and in a JIT trace, which must see aten ops. PyTorch's versions are also the
+references the tests hold the kernels to.
 
 The fused causal convolution saves only its input and recomputes the pre-activation in the backward; PyTorch's
 saves the input padded by K - 1 positions and the pre-activation. The Mamba block's memory count is that of the
@@ -20,6 +20,7 @@ fused one (``Mamba.compute_conv_feature_map_size``).
 from __future__ import annotations
 
 import importlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -181,37 +182,41 @@ def depthwise_conv_same_torch(x: torch.Tensor, weight: torch.Tensor, bias: torch
     return convolution(x, weight, bias, padding=tuple(k // 2 for k in weight.shape[2:]), groups=x.shape[1])
 
 
-def _depthwise_volumes(x: torch.Tensor, weight: torch.Tensor):
-    """x as (batch x channels, D, H, W) maps and weight as (channels, kD, kH, kW): a 2D map is one slice deep."""
-    if x.dim() == 4:
-        return x.unsqueeze(2), weight.unsqueeze(2)
-    return x, weight
+class _DepthwiseLayout:
+    """How the depthwise kernels see a call: x as (batch x channels, D, H, W) maps (a 2D map one slice deep), the
+    weight as (channels, kD, kH, kW) taps, and the rows (z, y) of a map split into work units: whole maps where there
+    are enough for every thread, else each map in as many runs of rows as give every thread four units."""
 
+    def __init__(self, x: torch.Tensor, weight: torch.Tensor, threads: int):
+        self.batch, self.channels = x.shape[:2]
+        depth_axis = () if x.dim() == 5 else (1,)
+        spatial = (*depth_axis, *x.shape[2:])
+        self.maps_shape = (self.batch * self.channels, *spatial)
+        self.taps = weight.detach().reshape(self.channels, *depth_axis, *weight.shape[2:])
+        maps, rows = self.maps_shape[0], spatial[0] * spatial[1]
+        runs = min(rows, -(-4 * threads // maps)) if maps < 4 * threads else 1
+        self.rows_per_unit = -(-rows // runs)
+        self.units = maps * -(-rows // self.rows_per_unit)
 
-def _depthwise_rows_per_unit(maps: int, rows: int, threads: int) -> int:
-    """Rows per work unit: whole maps where there are enough for every thread, else maps split into as many
-    runs of rows as give each thread four units."""
-    units_per_map = min(rows, -(-4 * threads // maps)) if maps < 4 * threads else 1
-    return -(-rows // units_per_map)
+    def maps(self, t: torch.Tensor):
+        """``t`` (x's shape) as the kernels' (maps, D, H, W) array."""
+        return kernel_array(t).reshape(self.maps_shape)
 
 
 class NumbaDepthwiseConv(torch.autograd.Function):
     """'Same' depthwise convolution of (batch, channels, *spatial), 2D or 3D, on CPU; saves x and weight. The
-    input gradient is the same convolution of the output gradient with the kernel mirrored."""
+    input gradient is the same convolution of the output gradient with the kernel mirrored. Once differentiable:
+    no double backward (``create_graph=True``), which nnU-Net's training never asks for."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
         kernels = kernels_import.result()[0]
-        volumes, taps = _depthwise_volumes(x, weight.detach())
-        taps = taps.squeeze(1)
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
-        maps = volumes.shape[0] * volumes.shape[1]
-        shape = (maps, *volumes.shape[2:])
         with numba_launch() as threads:
-            rows_per_unit = _depthwise_rows_per_unit(maps, shape[1] * shape[2], threads)
-            kernels.depthwise_conv_forward(kernel_array(volumes).reshape(shape), kernel_array(taps),
+            layout = _DepthwiseLayout(x, weight, threads)
+            kernels.depthwise_conv_forward(layout.maps(x), kernel_array(layout.taps),
                                            kernel_array(bias if bias is not None else x.new_empty(0)),
-                                           bias is not None, rows_per_unit, out.view(shape).numpy())
+                                           bias is not None, layout.rows_per_unit, layout.maps(out))
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         return out
@@ -221,29 +226,24 @@ class NumbaDepthwiseConv(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         kernels = kernels_import.result()[0]
-        volumes, taps = _depthwise_volumes(x, weight.detach())
-        taps = taps.squeeze(1)
-        maps = volumes.shape[0] * volumes.shape[1]
-        shape = (maps, *volumes.shape[2:])
-        grad_volumes = kernel_array(_depthwise_volumes(grad_out.to(x.dtype), weight)[0]).reshape(shape)
         grad_x = grad_weight = grad_bias = None
         with numba_launch() as threads:
-            rows_per_unit = _depthwise_rows_per_unit(maps, shape[1] * shape[2], threads)
+            layout = _DepthwiseLayout(x, weight, threads)
+            grad_maps = layout.maps(grad_out.to(x.dtype))
             if ctx.needs_input_grad[0]:
                 grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
-                mirrored = kernel_array(taps.flip(1, 2, 3))
-                kernels.depthwise_conv_forward(grad_volumes, mirrored, kernel_array(x.new_empty(0)), False, rows_per_unit,
-                                               grad_x.view(shape).numpy())
+                kernels.depthwise_conv_forward(grad_maps, kernel_array(layout.taps.flip(1, 2, 3)),
+                                               kernel_array(x.new_empty(0)), False, layout.rows_per_unit,
+                                               layout.maps(grad_x))
             if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-                units = maps * -(-(shape[1] * shape[2]) // rows_per_unit)
-                grad_weight_units = x.new_empty((units, *taps.shape[1:]))
-                grad_bias_units = x.new_empty(units)
-                kernels.depthwise_conv_parameter_grads(kernel_array(volumes).reshape(shape), grad_volumes,
-                                                       tuple(taps.shape[1:]), rows_per_unit, grad_weight_units.numpy(),
-                                                       grad_bias_units.numpy())
-                per_channel = (x.shape[0], weight.shape[0], units // maps, -1)  # unit = (batch, channel, run)
+                kernel_shape = tuple(layout.taps.shape[1:])
+                grad_weight_units = x.new_empty((layout.units, *kernel_shape))
+                grad_bias_units = x.new_empty(layout.units)
+                kernels.depthwise_conv_parameter_grads(layout.maps(x), grad_maps, kernel_shape, layout.rows_per_unit,
+                                                       grad_weight_units.numpy(), grad_bias_units.numpy())
+                per_channel = (layout.batch, layout.channels, -1, math.prod(kernel_shape))  # (batch, channel, run)
                 grad_weight = grad_weight_units.view(per_channel).sum((0, 2)).view_as(weight)
-                grad_bias = grad_bias_units.view(per_channel).sum((0, 2, 3)) if ctx.has_bias else None
+                grad_bias = grad_bias_units.view(per_channel[:3]).sum((0, 2)) if ctx.has_bias else None
         return grad_x, grad_weight, grad_bias
 
 

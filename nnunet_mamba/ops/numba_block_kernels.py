@@ -26,8 +26,7 @@ else each map split. An output row is the sum, over the kernel's (depth, height)
 map, of that source row's taps along the row: passes that run along contiguous positions and vectorise, the
 decoder's three taps in one pass. The input gradient is the same convolution of the output gradient with the kernel
 mirrored; the weight gradient one dot product per tap and row pair, summed per unit (then over units by the caller).
-oneDNN took 0.98 s forward and backward against 0.17 s on LightM-UNet's 3D first level (32 channels, 64^3, 3^3
-kernel, 2 threads).
+Against oneDNN: ``docs/benchmarks.md``, "CPU efficiency, third part".
 """
 from __future__ import annotations
 
@@ -127,11 +126,12 @@ def causal_conv_silu_backward(x, weight, bias, has_bias, grad_out, grad_x, grad_
 
 
 @njit(**HELPER_OPTIONS)
-def _unit_run(unit, runs, run, length):
+def _unit_run(unit, units_per_item, per_unit, length):
     """(item, first, stop) of work unit ``unit`` when every item (a LayerNorm's batch element, a depthwise
-    convolution's map) is ``runs`` units of ``run`` positions (rows) each, the last one shorter."""
-    begin = (unit % runs) * run
-    return unit // runs, begin, min(begin + run, length)
+    convolution's map) of ``length`` positions (rows) is ``units_per_item`` units of ``per_unit`` each, the last one
+    shorter."""
+    begin = (unit % units_per_item) * per_unit
+    return unit // units_per_item, begin, min(begin + per_unit, length)
 
 
 @njit(**JIT_OPTIONS, cache=CACHE)
@@ -250,9 +250,9 @@ def _add_row_taps(source, taps, target):
         for i in range(width - 2):
             inner[i] += (w0 * left[i] + w1 * centre[i]) + w2 * right[i]
         return
-    for e in range(kernel):
-        read, written = _shifted_rows(source, target, e - kernel // 2)
-        tap = taps[e]
+    for tap_x in range(kernel):
+        read, written = _shifted_rows(source, target, tap_x - kernel // 2)
+        tap = taps[tap_x]
         for i in range(written.shape[0]):
             written[i] += tap * read[i]
 
@@ -277,12 +277,12 @@ def depthwise_conv_forward(x, weight, bias, has_bias, rows_per_unit, out):
             target = out[m, z, y]
             for i in range(width):
                 target[i] = offset
-            first_a, stop_a = _taps_inside(z, kernel_depth, depth)
-            first_b, stop_b = _taps_inside(y, kernel_height, height)
-            for a in range(first_a, stop_a):
-                for b in range(first_b, stop_b):
-                    source = x[m, z + a - kernel_depth // 2, y + b - kernel_height // 2]
-                    _add_row_taps(source, weight[channel, a, b], target)
+            first_z, stop_z = _taps_inside(z, kernel_depth, depth)
+            first_y, stop_y = _taps_inside(y, kernel_height, height)
+            for tap_z in range(first_z, stop_z):
+                for tap_y in range(first_y, stop_y):
+                    source = x[m, z + tap_z - kernel_depth // 2, y + tap_y - kernel_height // 2]
+                    _add_row_taps(source, weight[channel, tap_z, tap_y], target)
 
 
 @njit(**JIT_OPTIONS, cache=CACHE)
@@ -297,26 +297,28 @@ def depthwise_conv_parameter_grads(x, grad_out, kernel_shape, rows_per_unit, gra
     for unit in prange(maps * units_per_map):
         m, first, stop = _unit_run(unit, units_per_map, rows_per_unit, rows)
         partial = grad_weight_units[unit]
-        for a in range(kernel_depth):
-            for b in range(kernel_height):
-                for e in range(kernel_width):
-                    partial[a, b, e] = zero
+        for tap_z in range(kernel_depth):
+            for tap_y in range(kernel_height):
+                for tap_x in range(kernel_width):
+                    partial[tap_z, tap_y, tap_x] = zero
         bias_total = zero
         for row in range(first, stop):
             z = row // height
             y = row % height
             grad_row = grad_out[m, z, y]
+            row_total = zero  # a row's sum first: fewer roundings into the unit's total
             for i in range(width):
-                bias_total += grad_row[i]
-            first_a, stop_a = _taps_inside(z, kernel_depth, depth)
-            first_b, stop_b = _taps_inside(y, kernel_height, height)
-            for a in range(first_a, stop_a):
-                for b in range(first_b, stop_b):
-                    source = x[m, z + a - kernel_depth // 2, y + b - kernel_height // 2]
-                    for e in range(kernel_width):
-                        read, grads = _shifted_rows(source, grad_row, e - kernel_width // 2)
+                row_total += grad_row[i]
+            bias_total += row_total
+            first_z, stop_z = _taps_inside(z, kernel_depth, depth)
+            first_y, stop_y = _taps_inside(y, kernel_height, height)
+            for tap_z in range(first_z, stop_z):
+                for tap_y in range(first_y, stop_y):
+                    source = x[m, z + tap_z - kernel_depth // 2, y + tap_y - kernel_height // 2]
+                    for tap_x in range(kernel_width):
+                        read, grads = _shifted_rows(source, grad_row, tap_x - kernel_width // 2)
                         total = zero
                         for i in range(grads.shape[0]):
                             total += grads[i] * read[i]
-                        partial[a, b, e] += total
+                        partial[tap_z, tap_y, tap_x] += total
         grad_bias_units[unit] = bias_total

@@ -93,8 +93,8 @@ def _use_torch_threads() -> int:
 
 @contextlib.contextmanager
 def numba_launch() -> Iterator[int]:
-    """Around every launch of a parallel numba kernel (the scan's and the causal convolution's): one at a time,
-    on torch's thread count, which it yields."""
+    """Around every launch of a parallel numba kernel (the scan's and those of ``block_ops``): one at a time, on
+    torch's thread count, which it yields."""
     with _launch_lock:
         yield _use_torch_threads()
 
