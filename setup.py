@@ -19,7 +19,7 @@ setup(
     # The planners (run by `nnunet-mamba plan`) are installed the same way.
     package_dir={"nnunet_mamba_trainers": "trainers", "nnunet_mamba_planners": "planners"},
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.4",  # torch.is_autocast_enabled(device_type), get_autocast_dtype
         "nnunetv2>=2.8.1,<2.9",
         "numpy",
         "monai>=1.4,<1.7",

@@ -12,6 +12,10 @@ if str(REPO_ROOT) not in sys.path:
 
 # two cores: more threads than that only fight each other
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# glibc's defaults in the test process and the commands it runs (nnunet_mamba.cpu_allocator): with freed memory kept,
+# a step can reuse pages that malloc_trim leaves resident, and the tests that hold measured resident memory to the
+# saved activations read a few MiB short; tests/test_cpu_allocator.py tests the kept setting in processes of its own
+os.environ.setdefault("NNUNET_MAMBA_KEEP_FREED_MEMORY", "0")
 
 # trainers are loaded the one way nnU-Net loads them (nnunet_mamba.discovery.load_trainer): our folder, then the
 # test trainers

@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from nnunet_mamba.cpu_allocator import release_freed_memory
+
 
 def saved_activation_elements(network: nn.Module, input_shape: Sequence[int], input_channels: int = 1,
                               batch_size: int = 1) -> int:
@@ -74,12 +76,7 @@ class ResidentPeak:
         self._start: int | None = None
 
     def __enter__(self) -> "ResidentPeak":
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+        release_freed_memory()
         try:
             with open("/proc/self/clear_refs", "w") as clear_refs:
                 clear_refs.write("5")

@@ -25,6 +25,7 @@ from torch import nn
 from nnunet_mamba.architectures import build_network, get_network, synthetic_configuration
 from nnunet_mamba.benchmarks.flops import count_flops
 from nnunet_mamba.benchmarks.memory import ResidentPeak
+from nnunet_mamba.cpu_allocator import keep_freed_memory
 from nnunet_mamba.ops import scan_backend_override
 
 NNUNET_UNET = "nnU-Net UNet"
@@ -88,7 +89,7 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
                           batch: int = 8, input_channels: int = 1, num_classes: int = 4, device: str = "cuda",
                           amp: bool = True, backends: Sequence[str] = ("auto",), steps: int = 10,
                           warmup: int = 3, compare_nnunet: bool = False, compare_resenc: bool = False,
-                          configuration=None, small: bool = False) -> List[Dict]:
+                          configuration=None, small: bool = False, keep_freed: bool = True) -> List[Dict]:
     """Time AdamW train steps (forward, cross-entropy, backward, step) and inference forward passes
     (``no_grad``, eval) of one or several registry networks per scan backend; with ``compare_nnunet`` also
     nnU-Net's default UNet, with ``compare_resenc`` its ResEnc-M, built from the same plan, and each row's
@@ -105,7 +106,12 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
     ``step_growth_mib``) plus what was resident for the model before it (parameters, gradients, optimizer state,
     inputs); nan with fewer than two warm-up steps on CPU (a first step also compiles kernels and fills caches)
     or none on CUDA.
+
+    On CPU with ``keep_freed`` the process keeps the memory it frees from then on, as our trainers' processes do
+    when they train on CPU (:func:`nnunet_mamba.cpu_allocator.keep_freed_memory`; every model timed here runs under
+    it, nnU-Net's included); each row's ``freed_memory_kept`` says whether it was in force.
     """
+    kept = keep_freed_memory() if keep_freed and torch.device(device).type == "cpu" else False
     configuration = configuration or synthetic_configuration(patch_size)
     networks = [network] if isinstance(network, str) else list(network)
     references = [(NNUNET_UNET, nnunet_default_unet, compare_nnunet),
@@ -139,7 +145,8 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
             for timed in working:
                 timed.time(mode)
     rows = [{**label, "patch": list(configuration.patch_size), "batch": batch, "error": failed[index]}
-            if index in failed else {**label, **timed.summary()} for index, (label, timed) in enumerate(candidates)]
+            if index in failed else {**label, **timed.summary(), "freed_memory_kept": kept}
+            for index, (label, timed) in enumerate(candidates)]
     for reference, suffix in ((NNUNET_UNET, ""), (NNUNET_RESENC_M, "_resenc")):
         base = next((r for r in rows if r["network"] == reference and "error" not in r), None)
         if base is None:

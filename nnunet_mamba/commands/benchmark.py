@@ -212,6 +212,11 @@ def _run_scan(args) -> int:
     return 1 if any("error" in row for row in rows) else 0
 
 
+FREED_MEMORY_NOTE = ("Every model above ran with glibc keeping freed memory in the process, as our trainers train "
+                     "on CPU (nnunet_mamba.cpu_allocator); NNUNET_MAMBA_KEEP_FREED_MEMORY=0 times them with glibc's "
+                     "defaults.")
+
+
 def _run_network(args) -> int:
     if not _cpu_or_gpu_found(args):
         return 2
@@ -221,6 +226,8 @@ def _run_network(args) -> int:
                                  amp=not args.no_amp, backends=args.backends, steps=args.repeats,
                                  compare_nnunet=args.compare_nnunet)
     print(format_network_table(rows))
+    if any(row.get("freed_memory_kept") for row in rows):
+        print(f"\n{FREED_MEMORY_NOTE}")
     return 0
 
 

@@ -34,7 +34,7 @@ def _nnunet_folder_problem(name: str, value: str | None) -> str | None:
 def run(args) -> int:
     import torch
 
-    from nnunet_mamba import __version__, discovery
+    from nnunet_mamba import __version__, cpu_allocator, discovery
     from nnunet_mamba.ops import BACKENDS, SCAN_ENV_VAR, available_backends, requested_backend, resolve_backend
 
     problems = []
@@ -46,6 +46,7 @@ def run(args) -> int:
         print(f"  CUDA available: {torch.cuda.device_count()} device(s): {names}")
     else:
         print("  CUDA available: no (training runs on CPU: nnUNetv2_train ... -device cpu)")
+    print(f"  CPU memory: {cpu_allocator.describe()}")
 
     _section("selective scan (backends in the order 'auto' tries them; the table is nnunet_mamba.ops.BACKENDS)")
     unavailable = available_backends()

@@ -15,8 +15,10 @@ The figures:
   the convention the papers print as "FLOPs (G)").
 * ``peak_memory_mib``: on CUDA ``torch.cuda.max_memory_allocated`` over the timed steps (statistics reset after the
   warm-up): every tensor of the step, weights and optimiser state included. On CPU the process's resident memory
-  at its peak during the warm-up and timed steps, less what it was just before the first (warm-up) step: the memory
-  training adds to the set-up trainer (activations, gradients, optimiser state, allocator caches). The peak is
+  at its peak during the warm-up and timed steps, less what it was just before the first (warm-up) step, once the
+  memory the set-up freed is handed back to the system (glibc keeps it otherwise, see
+  :mod:`nnunet_mamba.cpu_allocator`, and the steps would reuse it unseen): the memory training adds to the set-up
+  trainer (activations, gradients, optimiser state, allocator caches). The peak is
   sampled every few milliseconds and, where ``getrusage``'s lifetime peak rose during the steps, taken from it
   exactly.
   Data-loader worker processes are not counted. The two are different quantities: compare CPU with CPU figures.
@@ -49,6 +51,7 @@ from torch import nn
 from nnunet_mamba import discovery
 from nnunet_mamba.benchmarks.memory import current_rss_bytes
 from nnunet_mamba.comparison.runs import PLANNER_OF_PLANS, ComparisonError
+from nnunet_mamba.cpu_allocator import release_freed_memory
 from nnunet_mamba.training.trainer_base import lifetime_peak_rss_bytes, unwrap_network
 
 #: how often the resident memory is sampled on CPU (seconds)
@@ -231,6 +234,7 @@ def _build_trainer(dataset_name: str, configuration: str, fold: int, trainer: st
 def _measure(trainer, iterations: int, warmup: int, predict_cases: int) -> dict:
     device = trainer.device
     trainer.on_train_epoch_start()  # training mode and the first epoch's learning rate, as the epoch loop sets them
+    release_freed_memory()  # or the steps would reuse what the set-up freed, kept resident, unseen
     baseline_rss = current_rss_bytes()
     # on CPU the window opens before the warm-up, whose first step allocates the gradients and the optimiser state
     # (training memory too, which later steps reuse); on CUDA max_memory_allocated counts them after any reset
@@ -407,13 +411,17 @@ def profile_in_new_process(dataset: str | int, configuration: str, trainer: str,
                            iterations: int) -> dict:
     """:func:`profile_trainer` in a fresh Python process. Memory a process once held stays resident after it is
     freed, so on CPU a second profile in the same process would see no growth; a process of its own also starts
-    from the same allocator, thread and cuDNN state as ``nnUNetv2_train``."""
+    from the same allocator, thread and cuDNN state as ``nnUNetv2_train``. On CPU every trainer's process, nnU-Net's
+    included, keeps freed memory as ours do (:mod:`nnunet_mamba.cpu_allocator`): the same allocator for all."""
     import json
     import subprocess
 
+    from nnunet_mamba.cpu_allocator import subprocess_environment
+
     arguments = json.dumps([str(dataset), configuration, trainer, plans, fold, device, iterations])
+    allocator = subprocess_environment() if torch.device(device).type == "cpu" else {}
     result = subprocess.run([sys.executable, "-m", "nnunet_mamba.comparison.profile", arguments],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, env={**os.environ, **allocator})
     if result.returncode == 0:
         return json.loads(result.stdout.strip().splitlines()[-1])
     lines = result.stderr.strip().splitlines()

@@ -56,6 +56,7 @@ from torch.nn.parallel import DistributedDataParallel
 from nnunet_mamba import discovery
 from nnunet_mamba.architectures import PretrainedNotSupported, build_network
 from nnunet_mamba.architectures.registry import ablated_network, require_supported_dims
+from nnunet_mamba.cpu_allocator import keep_freed_memory
 from nnunet_mamba.planning.record import require_planned_for
 from nnunet_mamba.training.checkpoint import TrainingCheckpoints, epoch_checkpoint_name
 from nnunet_mamba.training.loss_terms import PLOT_NAME, LossTermLog
@@ -133,6 +134,10 @@ class MambaTrainerBase(TrainingModules, TrainingCheckpoints, nnUNetTrainer):
         return unwrap_network(self.network)
 
     def initialize(self):
+        if self.device.type == "cpu":
+            # before the network and the data loaders allocate. Training only: nnUNetv2_predict (which builds our
+            # networks through the classmethod above) measured no faster with it, and would hold its peak memory
+            keep_freed_memory()
         if self.network_name and not self.was_initialized:
             # nnU-Net's classmethod cannot see the configuration's name: name it here
             require_supported_dims(self.network_to_build(), self.configuration_manager.patch_size,
