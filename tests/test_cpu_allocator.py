@@ -12,6 +12,18 @@ from nnunet_mamba import cpu_allocator
 
 pytestmark = pytest.mark.skipif(cpu_allocator._glibc() is None, reason="glibc only (Linux)")
 
+
+def _huge_pages_always() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as setting:
+            return "[always]" in setting.read()
+    except OSError:
+        return False
+
+
+# with transparent huge pages on 'always' a fresh 64 MiB block faults in about 32 huge pages, not 16384 small ones
+counts_small_pages = pytest.mark.skipif(_huge_pages_always(), reason="transparent huge pages set to 'always'")
+
 PAGES_IN_64_MIB = 64 * 2 ** 20 // os.sysconf("SC_PAGE_SIZE")
 
 # glibc's malloc itself, as PyTorch's CPU allocator calls it (numpy would ask for transparent huge pages)
@@ -51,11 +63,13 @@ def _refills(mode: str, **env: str) -> dict:
     return json.loads(result.stdout.splitlines()[-1])
 
 
+@counts_small_pages
 def test_glibc_defaults_map_a_freed_64_mib_block_afresh_every_time():
     # the cost the module removes: above glibc's largest mmap threshold (32 MiB) every allocation faults anew
     assert all(count >= 0.9 * PAGES_IN_64_MIB for count in _refills("default")["faults"])
 
 
+@counts_small_pages
 def test_kept_freed_memory_is_reused_without_faults():
     run = _refills("keep")
     assert run["applied"] is True
@@ -64,12 +78,14 @@ def test_kept_freed_memory_is_reused_without_faults():
     assert max(again) < 0.01 * PAGES_IN_64_MIB
 
 
+@counts_small_pages
 def test_opting_out_leaves_glibcs_defaults():
     run = _refills("keep", **{cpu_allocator.KEEP_FREED_MEMORY_ENV: "0"})
     assert run["applied"] is False
     assert all(count >= 0.9 * PAGES_IN_64_MIB for count in run["faults"])
 
 
+@counts_small_pages
 def test_the_environment_form_gives_a_new_process_the_same_settings(monkeypatch):
     monkeypatch.delenv(cpu_allocator.KEEP_FREED_MEMORY_ENV, raising=False)
     assert cpu_allocator.subprocess_environment() == cpu_allocator.GLIBC_ENVIRONMENT
@@ -99,7 +115,10 @@ def test_the_benchmarks_peak_memory_still_counts_a_step_whose_memory_was_kept():
     result = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], env=environment, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.splitlines()[-1])["growth"] >= 60 * 2 ** 20
+    growth = json.loads(result.stdout.splitlines()[-1])["growth"]
+    if growth is None:
+        pytest.skip("no /proc/self/clear_refs on this platform")
+    assert growth >= 60 * 2 ** 20
 
 
 @pytest.mark.slow

@@ -89,7 +89,7 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
                           batch: int = 8, input_channels: int = 1, num_classes: int = 4, device: str = "cuda",
                           amp: bool = True, backends: Sequence[str] = ("auto",), steps: int = 10,
                           warmup: int = 3, compare_nnunet: bool = False, compare_resenc: bool = False,
-                          configuration=None, small: bool = False, keep_freed: bool = True) -> List[Dict]:
+                          configuration=None, small: bool = False) -> List[Dict]:
     """Time AdamW train steps (forward, cross-entropy, backward, step) and inference forward passes
     (``no_grad``, eval) of one or several registry networks per scan backend; with ``compare_nnunet`` also
     nnU-Net's default UNet, with ``compare_resenc`` its ResEnc-M, built from the same plan, and each row's
@@ -107,11 +107,11 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
     inputs); nan with fewer than two warm-up steps on CPU (a first step also compiles kernels and fills caches)
     or none on CUDA.
 
-    On CPU with ``keep_freed`` the process keeps the memory it frees from then on, as our trainers' processes do
-    when they train on CPU (:func:`nnunet_mamba.cpu_allocator.keep_freed_memory`; every model timed here runs under
-    it, nnU-Net's included); each row's ``freed_memory_kept`` says whether it was in force.
+    On CPU the process keeps the memory it frees from then on, as our trainers' processes do when they train on CPU
+    (:func:`nnunet_mamba.cpu_allocator.keep_freed_memory`, unless ``NNUNET_MAMBA_KEEP_FREED_MEMORY=0``; every model
+    timed here runs under it, nnU-Net's included); each row's ``freed_memory_kept`` says whether it was in force.
     """
-    kept = keep_freed_memory() if keep_freed and torch.device(device).type == "cpu" else False
+    kept = keep_freed_memory() if torch.device(device).type == "cpu" else False
     configuration = configuration or synthetic_configuration(patch_size)
     networks = [network] if isinstance(network, str) else list(network)
     references = [(NNUNET_UNET, nnunet_default_unet, compare_nnunet),

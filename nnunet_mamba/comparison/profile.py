@@ -412,7 +412,9 @@ def profile_in_new_process(dataset: str | int, configuration: str, trainer: str,
     """:func:`profile_trainer` in a fresh Python process. Memory a process once held stays resident after it is
     freed, so on CPU a second profile in the same process would see no growth; a process of its own also starts
     from the same allocator, thread and cuDNN state as ``nnUNetv2_train``. On CPU every trainer's process, nnU-Net's
-    included, keeps freed memory as ours do (:mod:`nnunet_mamba.cpu_allocator`): the same allocator for all."""
+    included, keeps freed memory as ours do when they train (:mod:`nnunet_mamba.cpu_allocator`): the same allocator
+    for all. Its inference time is measured under it too (``nnUNetv2_predict`` keeps glibc's defaults; a 3D case
+    predicted no faster or slower with them kept)."""
     import json
     import subprocess
 
