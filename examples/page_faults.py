@@ -20,6 +20,7 @@ from nnunet_mamba.architectures import build_network, synthetic_configuration
 from nnunet_mamba.benchmarks.memory import current_rss_bytes
 from nnunet_mamba.benchmarks.network import nnunet_default_unet
 from nnunet_mamba.cpu_allocator import keep_freed_memory
+from nnunet_mamba.training.trainer_base import lifetime_peak_rss_bytes
 
 PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -73,9 +74,8 @@ def main() -> None:
     for (name, mode), values in readings.items():
         wall, faulted, system, user = (statistics.median(column) for column in zip(*values))
         print(f"{name:<16} {mode:<10} {wall:>9.0f} {faulted:>12.0f} {system:>10.0f} {user:>9.0f}")
-    status = dict(line.split(":", 1) for line in open("/proc/self/status") if line.startswith(("VmHWM", "VmRSS")))
-    print(f"resident memory: peak {status['VmHWM'].strip()}, now {status['VmRSS'].strip()}; MiB after each round: "
-          f"{resident_mib}")
+    print(f"resident memory: peak {lifetime_peak_rss_bytes() / 2**20:.0f} MiB, now {current_rss_bytes() / 2**20:.0f} "
+          f"MiB; MiB after each round: {resident_mib}")
 
 
 if __name__ == "__main__":

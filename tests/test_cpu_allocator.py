@@ -54,11 +54,16 @@ print(json.dumps({"applied": applied, "faults": counts}))
 """
 
 
+def _environment_without_allocator_settings(**env: str) -> dict:
+    """This process's environment without the opt-out (the test session sets it) or glibc's own malloc variables."""
+    return {**{key: value for key, value in os.environ.items()
+               if key != cpu_allocator.KEEP_FREED_MEMORY_ENV and not key.startswith("MALLOC_")}, **env}
+
+
 def _refills(mode: str, **env: str) -> dict:
-    environment = {key: value for key, value in os.environ.items()
-                   if key != cpu_allocator.KEEP_FREED_MEMORY_ENV and not key.startswith("MALLOC_")}
-    result = subprocess.run([sys.executable, "-c", REFILL_SCRIPT, mode], env={**environment, **env},
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", REFILL_SCRIPT, mode],
+                            env=_environment_without_allocator_settings(**env), capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1])
 
@@ -111,9 +116,8 @@ print(json.dumps({"growth": peak.growth_bytes}))
 
 def test_the_benchmarks_peak_memory_still_counts_a_step_whose_memory_was_kept():
     # ResidentPeak hands free memory back on entry (malloc_trim), so a step reusing kept memory still counts it
-    environment = {key: value for key, value in os.environ.items() if key != cpu_allocator.KEEP_FREED_MEMORY_ENV}
-    result = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], env=environment, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], env=_environment_without_allocator_settings(),
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     growth = json.loads(result.stdout.splitlines()[-1])["growth"]
     if growth is None:
