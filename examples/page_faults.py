@@ -17,10 +17,9 @@ import time
 import torch
 
 from nnunet_mamba.architectures import build_network, synthetic_configuration
-from nnunet_mamba.benchmarks.memory import current_rss_bytes
 from nnunet_mamba.benchmarks.network import nnunet_default_unet
 from nnunet_mamba.cpu_allocator import keep_freed_memory
-from nnunet_mamba.training.trainer_base import lifetime_peak_rss_bytes
+from nnunet_mamba.resident_memory import current_rss_bytes, lifetime_peak_rss_bytes
 
 PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / 2**20
 

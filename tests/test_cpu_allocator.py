@@ -101,7 +101,7 @@ def test_the_environment_form_gives_a_new_process_the_same_settings(monkeypatch)
 
 PEAK_SCRIPT = GLIBC_BLOCKS + """
 import json
-from nnunet_mamba.benchmarks.memory import ResidentPeak
+from nnunet_mamba.resident_memory import ResidentPeak
 from nnunet_mamba.cpu_allocator import keep_freed_memory
 
 assert keep_freed_memory()

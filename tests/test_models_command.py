@@ -110,7 +110,7 @@ def test_network_benchmark_compares_with_nnunets_unet_from_the_same_plan():
 
 
 def test_resident_peak_counts_what_a_block_touches():
-    from nnunet_mamba.benchmarks.memory import ResidentPeak
+    from nnunet_mamba.resident_memory import ResidentPeak
 
     with ResidentPeak() as before_nothing:
         pass

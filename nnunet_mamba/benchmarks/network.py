@@ -24,9 +24,9 @@ from torch import nn
 
 from nnunet_mamba.architectures import build_network, get_network, synthetic_configuration
 from nnunet_mamba.benchmarks.flops import count_flops
-from nnunet_mamba.benchmarks.memory import ResidentPeak
 from nnunet_mamba.cpu_allocator import keep_freed_memory
 from nnunet_mamba.ops import scan_backend_override
+from nnunet_mamba.resident_memory import ResidentPeak
 
 NNUNET_UNET = "nnU-Net UNet"
 NNUNET_RESENC_M = "nnU-Net ResEnc-M"
@@ -102,7 +102,7 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
     model once, so that a shared or throttled machine slows them alike; times are the medians over rounds.
     A model that fails in its warm-up (out of memory, say) gives a row with its ``error`` and is not timed.
     Peak memory is measured over the warm-up's train steps: on CUDA ``max_memory_allocated``, on CPU the growth
-    of the resident set over the last one (:class:`~nnunet_mamba.benchmarks.memory.ResidentPeak`; the row's
+    of the resident set over the last one (:class:`~nnunet_mamba.resident_memory.ResidentPeak`; the row's
     ``step_growth_mib``) plus what was resident for the model before it (parameters, gradients, optimizer state,
     inputs); nan with fewer than two warm-up steps on CPU (a first step also compiles kernels and fills caches)
     or none on CUDA.

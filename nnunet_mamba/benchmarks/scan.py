@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+from nnunet_mamba.resident_memory import lifetime_peak_rss_bytes
+
 BACKENDS = ("torch", "numba", "mambapy", "triton", "cuda")
 BACKEND_LABELS = {"torch": "nnunet_mamba (torch)", "numba": "nnunet_mamba (numba)", "mambapy": "mambapy pscan",
                   "triton": "nnunet_mamba (triton)", "cuda": "mamba-ssm CUDA"}
@@ -90,14 +92,6 @@ def _scan_function(backend: str):
 
         return lambda **kw: selective_scan(**kw, backend=backend)
     raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
-
-
-def _max_rss_mib() -> float:
-    import resource
-
-    # ru_maxrss is KiB on Linux, bytes on macOS
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 def _warm_up(backend, d_state, groups, device) -> None:
@@ -176,13 +170,14 @@ def _memory_in_this_process(backend, seq_len, dim, d_state, groups, batch, devic
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        base = _max_rss_mib()
+        base = lifetime_peak_rss_bytes()
     for _ in range(2):
         step()
     if on_cuda:
         torch.cuda.synchronize()
         return {"peak_mib": (torch.cuda.max_memory_allocated() - base) / 2**20}
-    return {"peak_mib": _max_rss_mib() - base}
+    peak = lifetime_peak_rss_bytes()
+    return {"peak_mib": float("nan") if peak is None or base is None else (peak - base) / 2**20}
 
 
 def _compile_in_this_process(backend, d_state, groups, device) -> Dict:

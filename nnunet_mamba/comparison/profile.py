@@ -49,10 +49,10 @@ import torch
 from torch import nn
 
 from nnunet_mamba import discovery
-from nnunet_mamba.benchmarks.memory import current_rss_bytes
 from nnunet_mamba.comparison.runs import PLANNER_OF_PLANS, ComparisonError
 from nnunet_mamba.cpu_allocator import release_freed_memory
-from nnunet_mamba.training.trainer_base import lifetime_peak_rss_bytes, unwrap_network
+from nnunet_mamba.resident_memory import current_rss_bytes, lifetime_peak_rss_bytes
+from nnunet_mamba.training.trainer_base import unwrap_network
 
 #: how often the resident memory is sampled on CPU (seconds)
 RSS_SAMPLE_INTERVAL = 0.002

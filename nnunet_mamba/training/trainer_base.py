@@ -58,6 +58,7 @@ from nnunet_mamba.architectures import PretrainedNotSupported, build_network
 from nnunet_mamba.architectures.registry import ablated_network, require_supported_dims
 from nnunet_mamba.cpu_allocator import keep_freed_memory
 from nnunet_mamba.planning.record import require_planned_for
+from nnunet_mamba.resident_memory import lifetime_peak_rss_bytes
 from nnunet_mamba.training.checkpoint import TrainingCheckpoints, epoch_checkpoint_name
 from nnunet_mamba.training.loss_terms import PLOT_NAME, LossTermLog
 from nnunet_mamba.training.lr_scheduler import CosineAnnealingLRScheduler
@@ -363,16 +364,6 @@ def peak_memory_mib(device: torch.device) -> float | None:
         return torch.cuda.max_memory_allocated(device) / 2**20
     peak = lifetime_peak_rss_bytes()
     return None if peak is None else peak / 2**20
-
-
-def lifetime_peak_rss_bytes() -> int | None:
-    """The process's peak resident set size since it started (``getrusage``); None without ``getrusage``."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:
