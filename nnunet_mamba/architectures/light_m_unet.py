@@ -37,6 +37,7 @@ from nnunet_mamba.blocks.channels_first import ChannelsFirstLinear
 from nnunet_mamba.blocks.convolutions import depthwise_conv, pointwise_conv
 from nnunet_mamba.blocks.layer_norm import ChannelsFirstLayerNorm, layer_norm_saved_elements
 from nnunet_mamba.blocks.mamba import Mamba
+from nnunet_mamba.blocks.pooling import MaxPool2d, MaxPool3d
 
 VARIANTS = ("official", "v0")
 #: ResMambaBlocks per level, bottleneck last (the official trainer's blocks_down)
@@ -46,7 +47,7 @@ GROUPS = 8
 
 
 def _pool_op(spatial_dims: int) -> type[nn.Module]:
-    return nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
+    return MaxPool2d if spatial_dims == 2 else MaxPool3d
 
 
 def depthwise_separable_conv(conv_op, in_channels: int, out_channels: int, kernel_size: int,

@@ -60,6 +60,7 @@ from nnunet_mamba.architectures.plans import conv_kernel_sizes_from_plan
 from nnunet_mamba.architectures.registry import register_network, register_variant
 from nnunet_mamba.blocks.layer_norm import layer_norm_saved_elements
 from nnunet_mamba.blocks.mamba import Mamba
+from nnunet_mamba.blocks.pooling import max_pool
 
 #: the official widths at channel multiplier 1
 BASE_WIDTHS = (8, 16, 24, 32, 48, 64)
@@ -225,10 +226,6 @@ class GLMBP(MultiBranchBlock):
                 + self.mamba.compute_conv_feature_map_size(math.prod(input_size), sequences=4))
 
 
-def _pool(x: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
-    if all(s == 1 for s in stride):
-        return x
-    return (F.max_pool2d if x.dim() == 4 else F.max_pool3d)(x, stride, stride)
 
 
 def _upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -259,7 +256,7 @@ class UltraLBMEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         skips = []
         for stage, norm, stride in zip(self.stages, self.norms, self.strides):
-            x = F.gelu(_pool(norm(stage(x)), stride))
+            x = F.gelu(max_pool(norm(stage(x)), stride))
             skips.append(x)
         return skips, F.gelu(self.stages[5](x))
 
