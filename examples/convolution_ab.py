@@ -1,5 +1,5 @@
 """The network with its depthwise and pointwise convolutions as ``blocks.convolutions`` computes them, against the
-same network (same weights) with them run by PyTorch's ``nn.Conv2d``/``nn.Conv3d``: train steps and inference
+same network (same starting weights) with them run by PyTorch's ``nn.Conv2d``/``nn.Conv3d``: train steps and inference
 passes taking turns in one process, so that the ratio is not the drift of a shared machine.
 
     python examples/convolution_ab.py --network light_m_unet --patch 64 64 64 --batch 1 --rounds 5
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from nnunet_mamba.architectures import build_network, synthetic_configuration
+from nnunet_mamba.benchmarks.network import TimedModel
 from nnunet_mamba.blocks.convolutions import CONVOLUTION_CLASSES
 
 
@@ -35,26 +36,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     ours = build_network(args.network, synthetic_configuration(tuple(args.patch)), 1, 3, False)
-    models = {"blocks.convolutions": ours, "PyTorch's convolutions": with_pytorch_convolutions(ours)}
-    images = torch.randn(args.batch, 1, *args.patch)
-    labels = torch.randint(0, 3, (args.batch, *args.patch))
+    models = {label: TimedModel(network, None, args.patch, args.batch, 1, 3, "cpu", amp=False) for label, network in
+              (("blocks.convolutions", ours), ("PyTorch's convolutions", with_pytorch_convolutions(ours)))}
 
-    def train_step(model):
-        model.train()
-        model.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(images), labels).backward()
-
-    def inference(model):
-        model.eval()
-        with torch.no_grad():
-            model(images)
-
-    for name, call in (("train step", train_step), ("inference", inference)):
+    for name, mode in (("train step", "train_step"), ("inference", "inference")):
         times = {label: [] for label in models}
         for round_ in range(args.rounds + 1):  # the first round warms up
             for label, model in models.items():
                 started = time.perf_counter()
-                call(model)
+                getattr(model, mode)()
                 if round_:
                     times[label].append(time.perf_counter() - started)
         medians = {label: statistics.median(values) for label, values in times.items()}

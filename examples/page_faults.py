@@ -17,7 +17,7 @@ import time
 import torch
 
 from nnunet_mamba.architectures import build_network, synthetic_configuration
-from nnunet_mamba.benchmarks.network import nnunet_default_unet
+from nnunet_mamba.benchmarks.network import TimedModel, nnunet_default_unet
 from nnunet_mamba.cpu_allocator import keep_freed_memory
 from nnunet_mamba.resident_memory import current_rss_bytes, lifetime_peak_rss_bytes
 
@@ -38,31 +38,17 @@ def main() -> None:
 
     configuration = synthetic_configuration(tuple(args.patch))
     torch.manual_seed(0)
-    networks = {name: nnunet_default_unet(configuration, 1, 3) if name == "unet" else
-                build_network(name, configuration, 1, 3, deep_supervision=False) for name in args.network}
-    optimizers = {name: torch.optim.AdamW(network.parameters()) for name, network in networks.items()}
-    images = torch.randn(args.batch, 1, *args.patch)
-    labels = torch.randint(0, 3, (args.batch, *args.patch))
-
-    def train_step(name):
-        networks[name].train()
-        loss = torch.nn.functional.cross_entropy(networks[name](images), labels)
-        optimizers[name].zero_grad()
-        loss.backward()
-        optimizers[name].step()
-
-    def inference(name):
-        networks[name].eval()
-        with torch.no_grad():
-            networks[name](images)
+    networks = {name: TimedModel(nnunet_default_unet(configuration, 1, 3) if name == "unet" else
+                                 build_network(name, configuration, 1, 3, deep_supervision=False),
+                                 None, args.patch, args.batch, 1, 3, "cpu", amp=False) for name in args.network}
 
     readings = {(name, mode): [] for name in networks for mode in ("train", "inference")}
     resident_mib = []
     for round_index in range(args.rounds):
         for name in networks:
-            for mode, call in (("train", train_step), ("inference", inference)):
+            for mode, call in (("train", networks[name].train_step), ("inference", networks[name].inference)):
                 before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-                call(name)
+                call()
                 seconds, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
                 if round_index >= 2:  # the first rounds compile kernels and grow the heap
                     readings[(name, mode)].append((seconds * 1e3, (after.ru_minflt - before.ru_minflt) * PAGE_MIB,

@@ -121,7 +121,7 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
         if wanted:
             torch.manual_seed(0)
             candidates.append(({"network": name, "backend": "-"},
-                               _Timed(build(configuration, input_channels, num_classes), None,
+                               TimedModel(build(configuration, input_channels, num_classes), None,
                                       configuration.patch_size, batch, input_channels, num_classes, device, amp)))
     for name in networks:
         for backend in backends:
@@ -130,7 +130,7 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
                 model = build_network(get_network(name).small_instance if small else name, configuration,
                                       input_channels, num_classes, deep_supervision=False)
             candidates.append(({"network": name, "backend": backend},
-                               _Timed(model, backend, configuration.patch_size, batch, input_channels, num_classes,
+                               TimedModel(model, backend, configuration.patch_size, batch, input_channels, num_classes,
                                       device, amp)))
     failed = {}
     for index, (_, timed) in enumerate(candidates):
@@ -186,8 +186,11 @@ def format_network_table(rows: List[Dict]) -> str:
     return "\n".join(lines)
 
 
-class _Timed:
-    """One model with its optimizer and inputs; times its train steps and inference calls one at a time."""
+class TimedModel:
+    """One model with its optimizer (AdamW) and random inputs and labels; times its train steps (forward, cross-entropy,
+    backward, optimizer step) and inference calls (``no_grad``, eval mode) one at a time. The examples' A/B
+    scripts call ``train_step`` and ``inference`` themselves. ``backend``: the scan backend the calls run under, None
+    for a model without a selective scan (or to leave the choice to the environment)."""
 
     def __init__(self, model: nn.Module, backend, patch_size, batch, input_channels, num_classes, device, amp):
         self.model = model.to(device)
