@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from nnunet_mamba.blocks import pooling
 from nnunet_mamba.blocks.pooling import MaxPool2d, MaxPool3d, max_pool
@@ -70,3 +71,37 @@ def test_the_modules_are_pytorchs_pooling_modules_and_refuse_other_windows(monke
         MaxPool3d(kernel_size=2, stride=2, padding=1)
     with pytest.raises(ValueError, match=r"max_pool takes .* got shape \(2, 3\) and stride \(2,\)"):
         max_pool(torch.zeros(2, 3), (2,))
+
+
+def test_pytorchs_pooling_runs_where_the_fast_path_would_differ_or_cannot_be_seen():
+    x = torch.randn(1, 2, 4, 6, 6)
+    seen = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Recorder():  # FLOP counters are dispatch modes: they see the pooling itself
+        max_pool(x, (2, 2, 2))
+    assert any("max_pool3d" in name for name in seen) and not any("maximum" in name for name in seen)
+    traced = torch.jit.trace(lambda t: max_pool(t, (2, 2, 2)), x)
+    assert "max_pool3d" in str(traced.graph)
+    # CPU autocast runs 3D max-pooling in float32: so does ours there
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        pooled, expected = max_pool(x.bfloat16(), (2, 2, 2)), F.max_pool3d(x.bfloat16(), 2, 2)
+    assert pooled.dtype == expected.dtype == torch.float32 and torch.equal(pooled, expected)
+    # a window larger than the map: PyTorch's error, in inference as in training
+    with torch.no_grad(), pytest.raises(RuntimeError):
+        max_pool(torch.randn(1, 2, 1, 6, 6), (2, 2, 2))
+
+
+def test_inference_mode_takes_the_fast_path_and_the_modules_default_their_stride_to_the_kernel(monkeypatch):
+    x = torch.randn(2, 3, 8, 8)
+    expected = F.max_pool2d(x, 2)
+    module = MaxPool2d(2)  # stride None: the kernel's
+    assert module.stride == 2
+    _refuse_pytorch_pooling(monkeypatch)
+    with torch.inference_mode():
+        assert torch.equal(module(x), expected)
+    assert max_pool(x, (1, 1)) is x  # pooling nothing

@@ -226,8 +226,6 @@ class GLMBP(MultiBranchBlock):
                 + self.mamba.compute_conv_feature_map_size(math.prod(input_size), sequences=4))
 
 
-
-
 def _upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bi-/trilinear with align_corners to ``size`` (the official x2 where the plan pools by 2; with
     align_corners the result depends on the sizes only)."""

@@ -189,8 +189,8 @@ def format_network_table(rows: List[Dict]) -> str:
 class TimedModel:
     """One model with its optimizer (AdamW) and random inputs and labels; times its train steps (forward, cross-entropy,
     backward, optimizer step) and inference calls (``no_grad``, eval mode) one at a time. The examples' A/B
-    scripts call ``train_step`` and ``inference`` themselves. ``backend``: the scan backend the calls run under, None
-    for a model without a selective scan (or to leave the choice to the environment)."""
+    scripts call ``train_step`` and ``inference`` themselves. ``backend``: the scan backend both run under (a
+    :func:`~nnunet_mamba.ops.scan_backend_override` block), None for a model without a selective scan."""
 
     def __init__(self, model: nn.Module, backend, patch_size, batch, input_channels, num_classes, device, amp):
         self.model = model.to(device)
@@ -209,22 +209,21 @@ class TimedModel:
     def train_step(self) -> None:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
-            loss = F.cross_entropy(self.model(self.x), self.target)
-        loss.backward()
+        with self._backend_scope():
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
+                loss = F.cross_entropy(self.model(self.x), self.target)
+            loss.backward()
         self.optimizer.step()
 
-    def inference(self) -> None:
+    def inference(self) -> torch.Tensor:
+        """The model's output (the examples compare it between variants)."""
         self.model.eval()
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
-            self.model(self.x)
+        with self._backend_scope(), torch.no_grad():
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
+                return self.model(self.x)
 
     def _backend_scope(self):
         return contextlib.nullcontext() if self.backend is None else scan_backend_override(self.backend)
-
-    def _call(self, mode: str) -> None:
-        with self._backend_scope():
-            getattr(self, mode)()
 
     def count_macs(self) -> None:
         """The forward pass's multiply-accumulates at the patch, for the whole batch (counted on one sample:
@@ -253,11 +252,11 @@ class TimedModel:
             others = torch.cuda.memory_allocated() - own
         measure_last_on_cpu = not self.on_cuda and calls >= 2  # a first step is never the one measured
         for _ in range(calls - 1 if measure_last_on_cpu else calls):
-            self._call("train_step")
+            self.train_step()
         if measure_last_on_cpu:
             resident = self._resident_bytes()
             with ResidentPeak() as peak:
-                self._call("train_step")
+                self.train_step()
             if peak.growth_bytes is not None:
                 self.step_growth_mib = peak.growth_bytes / 2**20
                 self.peak_mib = self.step_growth_mib + resident / 2**20
@@ -265,7 +264,7 @@ class TimedModel:
             torch.cuda.synchronize()
             self.peak_mib = (torch.cuda.max_memory_allocated() - others) / 2**20
         for _ in range(calls):
-            self._call("inference")
+            self.inference()
 
     def release(self) -> None:
         """Drops the model, its optimizer state and inputs (after a failure), so the others have the memory."""
@@ -277,7 +276,7 @@ class TimedModel:
         if self.on_cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        self._call(mode)
+        getattr(self, mode)()
         if self.on_cuda:
             torch.cuda.synchronize()
         self.seconds[mode].append(time.perf_counter() - started)

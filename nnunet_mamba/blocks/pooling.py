@@ -1,16 +1,18 @@
 """Max-pooling over windows as large as their stride (LightM-UNet's and UltraLBM-UNet's down-sampling), with a
 faster path for CPU inference.
 
-PyTorch's CPU ``max_pool2d``/``max_pool3d`` run these windows at a fraction of what reading the map costs: 8 to 10
-times slower in 2D and 6 times in 3D than taking the maximum of the strided views one axis at a time with
-``torch.maximum`` (each step halves the data the next one reads; ``docs/benchmarks.md``, "CPU efficiency, fifth
-part"). The values are the same: a maximum does not depend on the order it is taken in, and ``torch.maximum``
-propagates NaN as max-pooling does.
+PyTorch's CPU ``max_pool2d``/``max_pool3d`` run these windows at a fraction of what reading the map costs: 1.8 to
+6.7 times slower on LightM-UNet's maps than taking the maximum of the strided views one axis at a time with
+``torch.maximum`` (each step halves the data the next one reads; ``examples/max_pool_timing.py``,
+``docs/benchmarks.md``, "CPU efficiency, fifth part"). The values are the same: a maximum does not depend on the
+order it is taken in, and ``torch.maximum`` propagates NaN as max-pooling does.
 
 The gradients would not be: max-pooling sends a window's gradient to its first maximum, ``torch.maximum`` splits it
 between equal values. So :func:`max_pool` takes the fast path only where no gradient is recorded (inference,
-``nnUNetv2_predict``, validation) and calls PyTorch's pooling in training, on CUDA tensors, in a JIT trace and under
-a dispatch mode (FLOP counters see the pooling they expect).
+``nnUNetv2_predict``, validation) and calls PyTorch's pooling in training, on CUDA tensors, under CPU autocast (which
+runs 3D max-pooling in float32), in a JIT trace and under a dispatch mode (FLOP counters see the pooling they
+expect), and where a window is larger than the map (PyTorch's error). A stride of 1 on every axis returns the input
+itself, in training too: pooling nothing keeps nothing for backward.
 """
 from __future__ import annotations
 
@@ -19,12 +21,14 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _ntuple
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 
-def _fast_path_applies(x: torch.Tensor) -> bool:
+def _fast_path_applies(x: torch.Tensor, stride: tuple[int, ...]) -> bool:
     return (x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
-            and not torch.jit.is_tracing() and not is_in_torch_dispatch_mode())
+            and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()
+            and not is_in_torch_dispatch_mode() and all(size >= s for size, s in zip(x.shape[2:], stride)))
 
 
 def _max_of_strided_views(x: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
@@ -49,7 +53,7 @@ def max_pool(x: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
                          f"stride per axis, got shape {tuple(x.shape)} and stride {stride}")
     if all(s == 1 for s in stride):
         return x
-    if _fast_path_applies(x):
+    if _fast_path_applies(x, stride):
         return _max_of_strided_views(x, stride)
     return (F.max_pool2d if x.dim() == 4 else F.max_pool3d)(x, stride, stride)
 
@@ -59,10 +63,9 @@ class _StridedMaxPool:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        dims = 2 if isinstance(self, nn.MaxPool2d) else 3
-        kernel, stride, padding, dilation = (
-            (v,) * dims if isinstance(v, int) else tuple(v)
-            for v in (self.kernel_size, self.stride, self.padding, self.dilation))
+        per_axis = _ntuple(2 if isinstance(self, nn.MaxPool2d) else 3)
+        kernel, stride, padding, dilation = (tuple(int(v) for v in per_axis(value)) for value in
+                                             (self.kernel_size, self.stride, self.padding, self.dilation))
         if (kernel != stride or any(padding) or any(d != 1 for d in dilation) or self.ceil_mode
                 or self.return_indices):
             raise ValueError(f"{type(self).__name__} pools windows as large as their stride (no padding, dilation 1, "

@@ -40,7 +40,6 @@ one class trainers extend.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import numpy as np
