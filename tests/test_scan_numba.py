@@ -352,7 +352,7 @@ def test_float32_decay_is_accurate_and_exact_near_zero():
     exact = np.exp(exponent)
     normal = exact > 1.2e-38
     relative = np.abs(decays(steps, rates)[normal] / exact[normal] - 1)
-    # the polynomial's own error is below _exp32's; rounding step * A and A log2(e) adds |step A| 6e-8 each
+    # the same polynomial as _exp32; rounding step * A and A log2(e) adds |step A| 6e-8 each
     assert np.all(relative <= 2e-7 + 1.3e-7 * np.abs(exponent[normal]))
     tiny = np.abs(exponent[normal]) < 1e-3  # where the long-memory decays are: within 1.5 float32 ulp
     assert tiny.sum() > 1000 and np.max(relative[tiny]) < 1.8e-7

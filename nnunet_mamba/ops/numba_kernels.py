@@ -17,7 +17,7 @@ inlined into both kernels. The elementwise ``exp`` must vectorise too, and
 libm's is an opaque call, so float32 uses :func:`_exp32` below (range reduction to [-ln2/2, ln2/2] and a
 degree-6 Taylor polynomial, exact to a few float32 ulp and best near 0, where most decays are); the
 decays themselves, 16 per channel and position and the bulk of the work, are 2**(delta A log2(e)) with
-A log2(e) computed once per work unit (:func:`_exp2_32`, as exact, three instructions fewer).
+A log2(e) computed once per work unit (:func:`_exp2_32`, the same polynomial, two instructions fewer).
 float64, for gradcheck and the float64 path of the entry point, keeps libm's ``exp`` and ``log1p``.
 Accumulation is in the input's dtype, sequential over positions, as the recurrence defines it.
 
@@ -82,12 +82,7 @@ _EXP_MIN = np.float32(-87.0)  # exp's argument range: 2**k stays a normal float3
 _EXP_MAX = np.float32(88.0)
 _F32_ZERO = np.float32(0.0)
 _TAYLOR = tuple(np.float32(1.0 / math.factorial(k)) for k in range(7))
-# 2**f = 1 + f q(f) on [-1/2, 1/2], q of degree 4 fitted to the relative error (least squares reweighted towards
-# its largest errors, on Chebyshev points): one multiply-add fewer per decay than the degree-6 Taylor polynomial,
-# as exact; whole scan calls 2 to 12 % faster (docs/benchmarks.md, "CPU efficiency, fifth part")
-_EXP2_FIT = tuple(np.float32(c) for c in (0.693146977290295, 0.24022242041932307, 0.055507341608410865,
-                                           0.009671514784145643, 0.001326460547304207))
-_F32_ONE = np.float32(1.0)
+_EXP2_TAYLOR = tuple(np.float32(math.log(2) ** k / math.factorial(k)) for k in range(7))
 _EXP2_MIN = np.float32(-126.0)  # 2**k stays a normal float32
 _EXP2_MAX = np.float32(127.0)
 # the bits of _ROUNDING + k are those of _ROUNDING plus k; less the exponent bias 127, those of 2**k's exponent
@@ -265,24 +260,23 @@ def _exp32(x):
 def _exp2_32(t):
     """2**t of a float32, for the scan's decays exp(delta A) = 2**(delta A log2(e)) with A log2(e) computed
     once per channel: two instructions fewer than :func:`_exp32` per value (no multiplication by log2(e) in
-    the range reduction, and 2**k's bits come from the rounded sum, not from a conversion), and one fewer
-    again in its polynomial, of degree 5 (:data:`_EXP2_FIT`): the innermost cost of the scan. As exact as ``_exp32``:
-    at most 1.9e-7 relative error on the reduced range as evaluated in float32 (the degree-6 Taylor polynomial
-    of ``_exp32``, 2.5e-7), and one float32 ulp near t = 0, where the polynomial is 1 + f q(f); the extra
-    rounding of A log2(e) adds at most |delta A| 6e-8 to the relative error, as much as rounding the product
-    delta A itself. Clamped to [-126, 127] (2**-126 = 1.2e-38 stands for anything
+    the range reduction, and 2**k's bits come from the rounded sum, not from a conversion), the innermost
+    cost of the scan. Same polynomial on the same reduced range (f ln 2 = r of ``_exp32``), so as exact near
+    t = 0; the extra rounding of A log2(e) adds at most |delta A| 6e-8 to the relative error, as much as
+    rounding the product delta A itself. Clamped to [-126, 127] (2**-126 = 1.2e-38 stands for anything
     smaller); nan stays nan."""
     clamped = _EXP2_MIN if t < _EXP2_MIN else t
     clamped = _EXP2_MAX if clamped > _EXP2_MAX else clamped
     shifted = clamped + _ROUNDING  # k = round(t) sits in the low mantissa bits of the sum
     k = shifted - _ROUNDING
     f = clamped - k  # exact, |f| <= 1/2
-    p = _EXP2_FIT[4]  # 2**f = 1 + f q(f)
-    p = p * f + _EXP2_FIT[3]
-    p = p * f + _EXP2_FIT[2]
-    p = p * f + _EXP2_FIT[1]
-    p = p * f + _EXP2_FIT[0]
-    p = p * f + _F32_ONE
+    p = _EXP2_TAYLOR[6]  # 2**f = exp(f ln 2), Taylor to (f ln 2)**6 as in _exp32
+    p = p * f + _EXP2_TAYLOR[5]
+    p = p * f + _EXP2_TAYLOR[4]
+    p = p * f + _EXP2_TAYLOR[3]
+    p = p * f + _EXP2_TAYLOR[2]
+    p = p * f + _EXP2_TAYLOR[1]
+    p = p * f + _EXP2_TAYLOR[0]
     return p * _float32_from_bits((_bits_of_float32(shifted) - _ROUNDING_BITS_LESS_BIAS) << 23)  # p * 2**k
 
 
