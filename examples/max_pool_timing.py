@@ -25,8 +25,9 @@ def main() -> None:
         times = {"pytorch": [], "ours": []}
         with torch.no_grad():
             assert torch.equal(pytorch(x, stride, stride), max_pool(x, stride))
+            calls = (("pytorch", lambda: pytorch(x, stride, stride)), ("ours", lambda: max_pool(x, stride)))
             for _ in range(9):
-                for name, pool in (("pytorch", lambda: pytorch(x, stride, stride)), ("ours", lambda: max_pool(x, stride))):
+                for name, pool in calls:
                     start = time.perf_counter()
                     pool()
                     times[name].append(time.perf_counter() - start)

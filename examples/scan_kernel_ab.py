@@ -25,6 +25,7 @@ import torch
 
 from nnunet_mamba.architectures import build_network, synthetic_configuration
 from nnunet_mamba.benchmarks.network import TimedModel
+from nnunet_mamba.benchmarks.scan import make_inputs
 from nnunet_mamba.cpu_allocator import keep_freed_memory
 from nnunet_mamba.ops import scan_numba, selective_scan
 
@@ -38,19 +39,6 @@ def load_module(path: str):
     sys.modules[name] = module  # numba's disk cache finds the module of its cached kernels by name
     spec.loader.exec_module(module)
     return module
-
-
-def scan_inputs(batch: int, channels: int, length: int, d_state: int, requires_grad: bool) -> dict:
-    g = torch.Generator().manual_seed(0)
-    inputs = dict(u=torch.randn(batch, channels, length, generator=g),
-                  delta=torch.randn(batch, channels, length, generator=g) * 0.5,
-                  A=-torch.rand(channels, d_state, generator=g) - 0.5,
-                  B=torch.randn(batch, d_state, length, generator=g), C=torch.randn(batch, d_state, length, generator=g),
-                  D=torch.ones(channels), z=torch.randn(batch, channels, length, generator=g),
-                  delta_bias=torch.randn(channels, generator=g))
-    for name in ("u", "delta", "B", "C", "z"):
-        inputs[name].requires_grad_(requires_grad)
-    return inputs
 
 
 def main() -> None:
@@ -91,7 +79,9 @@ def main() -> None:
         cases = []
         for shape in SHAPES:
             for mode in ("inference", "train"):
-                inputs = scan_inputs(*shape, args.d_state, mode == "train")
+                batch, channels, length = shape
+                inputs = {name: t.requires_grad_(mode == "train") for name, t in
+                          make_inputs(batch, channels, args.d_state, 1, length, "cpu").items()}
                 grad = (torch.randn(shape, generator=torch.Generator().manual_seed(1)) if mode == "train" else None)
                 cases.append((f"{shape} {mode}", mode == "train",
                               lambda inputs=inputs, grad=grad: scan_call(inputs, grad)))

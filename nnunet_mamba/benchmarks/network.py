@@ -122,7 +122,7 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
             torch.manual_seed(0)
             candidates.append(({"network": name, "backend": "-"},
                                TimedModel(build(configuration, input_channels, num_classes), None,
-                                      configuration.patch_size, batch, input_channels, num_classes, device, amp)))
+                                          configuration.patch_size, batch, input_channels, num_classes, device, amp)))
     for name in networks:
         for backend in backends:
             with scan_backend_override(backend):
@@ -130,8 +130,8 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
                 model = build_network(get_network(name).small_instance if small else name, configuration,
                                       input_channels, num_classes, deep_supervision=False)
             candidates.append(({"network": name, "backend": backend},
-                               TimedModel(model, backend, configuration.patch_size, batch, input_channels, num_classes,
-                                      device, amp)))
+                               TimedModel(model, backend, configuration.patch_size, batch, input_channels,
+                                          num_classes, device, amp)))
     failed = {}
     for index, (_, timed) in enumerate(candidates):
         try:
