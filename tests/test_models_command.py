@@ -92,18 +92,18 @@ def test_network_benchmark_compares_with_nnunets_unet_from_the_same_plan():
     assert rows[1]["train_efficiency"] == pytest.approx(rows[1]["train_gflop_per_s"] / rows[0]["train_gflop_per_s"])
     assert rows[1]["inference_efficiency"] == pytest.approx(
         rows[1]["inference_gflop_per_s"] / rows[0]["inference_gflop_per_s"])
-    # CPU peak memory: what the step adds holds at least the activations saved for backward; the peak adds the
-    # parameters, gradients and AdamW's two moments
+    # CPU peak memory: what the step adds holds at least the activations saved for backward, and the gradients;
+    # the peak adds the parameters and AdamW's two moments
     from nnunet_mamba.benchmarks.memory import saved_activation_elements
 
     if math.isnan(rows[0]["step_growth_mib"]):
         pytest.skip("no /proc/self/clear_refs on this platform")
     for row, model in zip(rows, (unet, vm_unet)):
         activations_mib = saved_activation_elements(model, (32, 32), 1, batch_size=2) * 4 / 2**20
-        assert row["step_growth_mib"] >= activations_mib, row["network"]
         parameters_mib = sum(p.numel() * 4 for p in model.parameters()) / 2**20
+        assert row["step_growth_mib"] >= max(activations_mib, parameters_mib), row["network"]
         resident_mib = row["peak_mib"] - row["step_growth_mib"]  # with the inputs and AdamW's step counters
-        assert 3.9 * parameters_mib < resident_mib < 4 * parameters_mib + 0.1, row["network"]
+        assert 2.9 * parameters_mib < resident_mib < 3 * parameters_mib + 0.1, row["network"]
     table = format_network_table(rows)
     row = rows[1]
     assert f"| {row['gmacs']:.2f} | {row['train_gflop_per_s']:.1f} | {row['train_efficiency']:.2f} |" in table

@@ -103,8 +103,8 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
     A model that fails in its warm-up (out of memory, say) gives a row with its ``error`` and is not timed.
     Peak memory is measured over the warm-up's train steps: on CUDA ``max_memory_allocated``, on CPU the growth
     of the resident set over the last one (:class:`~nnunet_mamba.resident_memory.ResidentPeak`; the row's
-    ``step_growth_mib``) plus what was resident for the model before it (parameters, gradients, optimizer state,
-    inputs); nan with fewer than two warm-up steps on CPU (a first step also compiles kernels and fills caches)
+    ``step_growth_mib``: its activations and gradients, which it allocates afresh) plus what was resident for the
+    model before it (parameters, optimizer state, inputs); nan with fewer than two warm-up steps on CPU (a first step also compiles kernels and fills caches)
     or none on CUDA.
 
     On CPU the process keeps the memory it frees from then on, as our trainers' processes do when they train on CPU
@@ -233,7 +233,8 @@ class TimedModel:
             self.forward_macs = count_flops(self.model, self.x[:1]).total_macs * self.batch
 
     def _resident_bytes(self) -> int:
-        """Parameters, gradients, optimizer state and inputs: this model's share of memory between steps."""
+        """Parameters, gradients (where they are kept), optimizer state and inputs: this model's share of memory
+        between steps."""
         tensors = [*self.model.parameters(), self.x, self.target]
         tensors += [p.grad for p in self.model.parameters() if p.grad is not None]
         tensors += [v for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
@@ -254,6 +255,9 @@ class TimedModel:
         for _ in range(calls - 1 if measure_last_on_cpu else calls):
             self.train_step()
         if measure_last_on_cpu:
+            # the gradients are freed before the measure: freed inside the step, their resident pages would hold
+            # some of its activations unseen, by chance of the allocator's reuse
+            self.optimizer.zero_grad(set_to_none=True)
             resident = self._resident_bytes()
             with ResidentPeak() as peak:
                 self.train_step()
