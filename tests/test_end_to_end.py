@@ -36,7 +36,7 @@ def _adam_steps(checkpoint) -> set:
 def test_killed_run_resumes_from_its_latest_checkpoint_and_learns(nnunet_workspace):
     workspace = nnunet_workspace
     output = workspace.trainer_output(DATASET_ID, "2d", 0, TRAINER)
-    env = {"NNUNET_MAMBA_TEST_EPOCHS": "8"}
+    env = {"NNUNET_MAMBA_TEST_EPOCHS": "6"}  # the demo's 6 x 25 iterations
 
     # SIGKILL in the middle of epoch 2: epochs 0 and 1 are in checkpoint_latest.pth, nothing else is final
     with pytest.raises(RuntimeError, match="exit code -9"):
@@ -48,20 +48,20 @@ def test_killed_run_resumes_from_its_latest_checkpoint_and_learns(nnunet_workspa
 
     workspace.run("nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu", "--c",
                   env=workspace.env(**env))
-    assert _epochs_in_log(output) == [2, 3, 4, 5, 6, 7]  # continued at the saved epoch, not from 0
+    assert _epochs_in_log(output) == [2, 3, 4, 5]  # continued at the saved epoch, not from 0
     assert COMPILE_DISABLED_REASON in sorted(output.glob("training_log_*.txt"))[-1].read_text()
     final = torch.load(output / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert final["current_epoch"] == 8 and final["trainer_name"] == TRAINER
+    assert final["current_epoch"] == 6 and final["trainer_name"] == TRAINER
     assert not (output / "checkpoint_latest.pth").exists()
     # the optimiser state came back too: Adam counted every step of both runs, none of the killed partial epoch
-    assert _adam_steps(final) == {8 * 25}
+    assert _adam_steps(final) == {6 * 25}
     assert any(k.startswith("decoder.seg_layers.") for k in final["network_weights"])
 
     # what the demo does after training: predict and score the test images, draw one
     score = workspace.score_test_set(DATASET_ID, "2d", TRAINER, workspace.root / "pred_2d")
     dice = score.dice
     # an empty prediction scores 0 on both labels; a network that learned scores clearly above it
-    # (seen on 2 cores: 0.72 / 0.71)
+    # (seen on 2 cores after 6 x 25 iterations: 0.61 / 0.70; after 8 x 25: 0.72 / 0.71)
     assert min(dice["1"], dice["2"]) > 0.2 and (dice["1"] + dice["2"]) / 2 > 0.4, dice
     assert score.report().splitlines() == [
         f"  2d: test Dice per label: 1 sphere {dice['1']:.3f}, 2 cube {dice['2']:.3f}",
@@ -70,7 +70,7 @@ def test_killed_run_resumes_from_its_latest_checkpoint_and_learns(nnunet_workspa
     assert picture.shape[2] in (3, 4) and picture.shape[1] > 2 * picture.shape[0]  # three panels side by side
     assert score.figure.stat().st_size < 200_000 and score.progress.is_file()
     validation = json.loads((output / "validation" / "summary.json").read_text())
-    assert validation["foreground_mean"]["Dice"] > 0.4, validation["foreground_mean"]  # seen: 0.76
+    assert validation["foreground_mean"]["Dice"] > 0.4, validation["foreground_mean"]  # seen: 0.69
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def dsvm_runs(nnunet_workspace):
     for configuration in ("2d", "3d_fullres"):
         output = workspace.trainer_output(DATASET_ID, configuration, 0, DSVM_TRAINER)
         workspace.run("nnUNetv2_train", str(DATASET_ID), configuration, "0", "-tr", DSVM_TRAINER, "-device", "cpu",
-                      env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="1"))
+                      env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="1", NNUNET_MAMBA_TEST_SKIP_VALIDATION="1"))
         first = torch.load(output / "checkpoint_final.pth", map_location="cpu", weights_only=False)
         workspace.run("nnUNetv2_train", str(DATASET_ID), configuration, "0", "-tr", DSVM_TRAINER, "-device", "cpu",
                       "--c", env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="2"))

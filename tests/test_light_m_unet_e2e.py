@@ -1,5 +1,6 @@
 """LightM-UNet through nnU-Net: the official trainer settings in-process, then the stock CLI (train 2d, --c, predict,
-held-out Dice; train and predict 3d_fullres) on the session's synthetic dataset. The DDP step is in test_ddp.py."""
+held-out Dice; train and predict 3d_fullres) on the session's synthetic dataset, without nnU-Net's final validation,
+which the other networks' end-to-end tests prove. The DDP step is in test_ddp.py."""
 import re
 
 import numpy as np
@@ -60,11 +61,13 @@ def test_2d_trains_resumes_with_c_predicts_and_learns(nnunet_workspace):
     output = workspace.trainer_output(DATASET_ID, "2d", 0, TRAINER)
     iterations = "25"
     workspace.run("nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu",
-                  env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="2", NNUNET_MAMBA_TEST_ITERATIONS=iterations))
+                  env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="2", NNUNET_MAMBA_TEST_ITERATIONS=iterations,
+                                    NNUNET_MAMBA_TEST_SKIP_VALIDATION="1"))
     first = torch.load(output / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert first["current_epoch"] == 2
     workspace.run("nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu", "--c",
-                  env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="3", NNUNET_MAMBA_TEST_ITERATIONS=iterations))
+                  env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="3", NNUNET_MAMBA_TEST_ITERATIONS=iterations,
+                                    NNUNET_MAMBA_TEST_SKIP_VALIDATION="1"))
     assert _epochs_in_log(output) == [2]  # continued at the saved epoch
     final = torch.load(output / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == 3 and final["grad_scaler_state"] is None
@@ -82,7 +85,8 @@ def test_3d_fullres_trains_and_predicts(nnunet_workspace):
     workspace = nnunet_workspace
     output = workspace.trainer_output(DATASET_ID, "3d_fullres", 0, TRAINER)
     workspace.run("nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu",
-                  env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="1", NNUNET_MAMBA_TEST_ITERATIONS="5"))
+                  env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="1", NNUNET_MAMBA_TEST_ITERATIONS="5",
+                                    NNUNET_MAMBA_TEST_SKIP_VALIDATION="1"))
     final = torch.load(output / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == 1
     assert final["network_weights"]["encoder.stem.0.weight"].dim() == 5  # a 3D network from the 3d_fullres plan

@@ -141,7 +141,8 @@ def test_cli_2d_pretrained_freeze_resume_predict_and_learn(nnunet_workspace, sma
     pretrained = {PRETRAINED_ENV_VAR: str(small_vmamba_file)}
     schedule = {"NNUNET_MAMBA_TEST_ITERATIONS": "10"}
     workspace.run("nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu",
-                  env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="1", **schedule, **pretrained))
+                  env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="1", NNUNET_MAMBA_TEST_SKIP_VALIDATION="1", **schedule,
+                                    **pretrained))
     first = torch.load(output / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert _equals_checkpoint(_encoder_state(first["network_weights"]), small_vmamba_file)  # frozen for epoch 0
     assert first[FREEZE_STATE_KEY]["encoder_pretrained"]
@@ -170,7 +171,8 @@ def test_cli_2d_pretrained_freeze_resume_predict_and_learn(nnunet_workspace, sma
 def test_cli_3d_fullres_dagger_trains_and_predicts(nnunet_workspace):
     workspace = nnunet_workspace
     workspace.run("nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", DAGGER_TRAINER, "-device", "cpu",
-                  env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="1", NNUNET_MAMBA_TEST_ITERATIONS="3"))
+                  env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="1", NNUNET_MAMBA_TEST_ITERATIONS="3",
+                                    NNUNET_MAMBA_TEST_SKIP_VALIDATION="1"))
     predict_test_images(workspace, "3d_fullres", DAGGER_TRAINER, "pred_swin_umamba_d_3d")
 
 

@@ -31,13 +31,15 @@ def test_teacher_then_distilled_student_resumes_and_predicts(nnunet_workspace):
     workspace = nnunet_workspace
     teacher_output = workspace.trainer_output(DATASET_ID, "2d", 0, TEACHER)
     workspace.run("nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TEACHER, "-device", "cpu",
-                  env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="1", NNUNET_MAMBA_TEST_ITERATIONS="10"))
+                  env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="1", NNUNET_MAMBA_TEST_ITERATIONS="10",
+                                    NNUNET_MAMBA_TEST_SKIP_VALIDATION="1"))
     teacher_checkpoint = teacher_output / "checkpoint_final.pth"
     teacher_sha256 = hashlib.sha256(teacher_checkpoint.read_bytes()).hexdigest()
 
     student_output = workspace.trainer_output(DATASET_ID, "2d", 0, STUDENT)
     workspace.run("nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", STUDENT, "-device", "cpu",
                   env=workspace.env(NNUNET_MAMBA_TEST_EPOCHS="1", NNUNET_MAMBA_TEST_ITERATIONS="10",
+                                    NNUNET_MAMBA_TEST_SKIP_VALIDATION="1",
                                     **{TEACHER_ENV_VAR: str(teacher_output.parent)}))
     first = torch.load(student_output / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     record = first[TEACHER_RECORD_KEY]

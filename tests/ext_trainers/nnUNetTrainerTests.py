@@ -3,7 +3,11 @@
 The schedule is the quick CPU one with epochs from NNUNET_MAMBA_TEST_EPOCHS (and iterations from
 NNUNET_MAMBA_TEST_ITERATIONS when set), so that a test can stop a run and resume it with ``--c`` under the same
 trainer name (the name decides the output folder). NNUNET_MAMBA_TEST_KILL_AT="EPOCH:ITERATION" kills the process
-with SIGKILL at that training iteration: a run interrupted the hard way, mid-epoch.
+with SIGKILL at that training iteration: a run interrupted the hard way, mid-epoch. NNUNET_MAMBA_TEST_SKIP_VALIDATION=1
+leaves out nnU-Net's final validation in a run whose validation no test reads (one that a test continues with
+``--c``, distils from, or predicts with ``nnUNetv2_predict``): the two worker pools it spawns cost about 20 s of a
+25 s run on two cores. Validation itself is proven with VM-UNet, DSVM-UNet, Swin-UMamba, UltraLBM-UNet-T, torchrun
+and ``compare``, whose tests read it.
 """
 import os
 import random
@@ -47,6 +51,12 @@ class _TestSchedule(QuickCPURun):
     def on_train_epoch_start(self):
         self._iteration = 0
         super().on_train_epoch_start()
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if os.environ.get("NNUNET_MAMBA_TEST_SKIP_VALIDATION") == "1":
+            self.print_to_log_file("final validation left out (NNUNET_MAMBA_TEST_SKIP_VALIDATION=1)")
+            return
+        super().perform_actual_validation(save_probabilities)
 
     def train_step(self, batch: dict) -> dict:
         if self._kill_at == (self.current_epoch, self._iteration):
