@@ -92,8 +92,9 @@ def test_network_benchmark_compares_with_nnunets_unet_from_the_same_plan():
     assert rows[1]["train_efficiency"] == pytest.approx(rows[1]["train_gflop_per_s"] / rows[0]["train_gflop_per_s"])
     assert rows[1]["inference_efficiency"] == pytest.approx(
         rows[1]["inference_gflop_per_s"] / rows[0]["inference_gflop_per_s"])
-    # CPU peak memory: what the step adds holds at least the activations saved for backward, and the gradients;
-    # the peak adds the parameters and AdamW's two moments
+    # CPU peak memory: what the step adds holds at least the larger of the activations saved for backward and the
+    # gradients (both are allocated in the step, not necessarily both at once); the peak adds the parameters and
+    # AdamW's two moments
     from nnunet_mamba.benchmarks.memory import saved_activation_elements
 
     if math.isnan(rows[0]["step_growth_mib"]):

@@ -104,8 +104,8 @@ def run_network_benchmark(network: str | Sequence[str] = "vm_unet", patch_size: 
     Peak memory is measured over the warm-up's train steps: on CUDA ``max_memory_allocated``, on CPU the growth
     of the resident set over the last one (:class:`~nnunet_mamba.resident_memory.ResidentPeak`; the row's
     ``step_growth_mib``: its activations and gradients, which it allocates afresh) plus what was resident for the
-    model before it (parameters, optimizer state, inputs); nan with fewer than two warm-up steps on CPU (a first step also compiles kernels and fills caches)
-    or none on CUDA.
+    model before it (parameters, optimizer state, inputs); nan with fewer than two warm-up steps on CPU (a first
+    step also compiles kernels and fills caches) or none on CUDA.
 
     On CPU the process keeps the memory it frees from then on, as our trainers' processes do when they train on CPU
     (:func:`nnunet_mamba.cpu_allocator.keep_freed_memory`, unless ``NNUNET_MAMBA_KEEP_FREED_MEMORY=0``; every model

@@ -5,9 +5,9 @@ NNUNET_MAMBA_TEST_ITERATIONS when set), so that a test can stop a run and resume
 trainer name (the name decides the output folder). NNUNET_MAMBA_TEST_KILL_AT="EPOCH:ITERATION" kills the process
 with SIGKILL at that training iteration: a run interrupted the hard way, mid-epoch. NNUNET_MAMBA_TEST_SKIP_VALIDATION=1
 leaves out nnU-Net's final validation in a run whose validation no test reads (one that a test continues with
-``--c``, distils from, or predicts with ``nnUNetv2_predict``): the two worker pools it spawns cost about 20 s of a
-25 s run on two cores. Validation itself is proven with VM-UNet, DSVM-UNet, Swin-UMamba, UltraLBM-UNet-T, torchrun
-and ``compare``, whose tests read it.
+``--c``, distils from, or predicts with ``nnUNetv2_predict``): with the two worker pools it spawns, it costs about
+25 s of a 40 s run on two cores. Swin-UMamba's and UltraLBM-UNet-T's final runs still validate; VM-UNet's,
+DSVM-UNet's, torchrun's and ``compare``'s tests read what their runs' validation writes.
 """
 import os
 import random
