@@ -233,10 +233,9 @@ class TimedModel:
             self.forward_macs = count_flops(self.model, self.x[:1]).total_macs * self.batch
 
     def _resident_bytes(self) -> int:
-        """Parameters, gradients (where they are kept), optimizer state and inputs: this model's share of memory
-        between steps."""
+        """Parameters, optimizer state and inputs: this model's share of memory between steps, once the gradients
+        are freed (as :meth:`warm_up` does before it measures a step)."""
         tensors = [*self.model.parameters(), self.x, self.target]
-        tensors += [p.grad for p in self.model.parameters() if p.grad is not None]
         tensors += [v for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
         return sum(t.numel() * t.element_size() for t in tensors)
 
