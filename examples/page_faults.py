@@ -4,6 +4,7 @@ or, with NNUNET_MAMBA_KEEP_FREED_MEMORY=0, with glibc's defaults.
 
     python examples/page_faults.py --patch 64 64 64 --batch 1 --network unet light_m_unet
     NNUNET_MAMBA_KEEP_FREED_MEMORY=0 python examples/page_faults.py --patch 64 64 64 --batch 1 --network unet light_m_unet
+    python examples/page_faults.py --patch 64 128 128 --network unet light_m_unet --modes inference --rounds 5
 
 Prints, per network and mode, the medians over the rounds after two: wall ms, MiB faulted in (minor faults x page
 size), system and user CPU ms (both threads), and the process's resident memory: its peak, and after every round.
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--modes", nargs="+", choices=("train", "inference"), default=["train", "inference"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"freed memory kept: {keep_freed_memory()}")
@@ -42,11 +44,13 @@ def main() -> None:
                                  build_network(name, configuration, 1, 3, deep_supervision=False),
                                  None, args.patch, args.batch, 1, 3, "cpu", amp=False) for name in args.network}
 
-    readings = {(name, mode): [] for name in networks for mode in ("train", "inference")}
+    readings = {(name, mode): [] for name in networks for mode in args.modes}
     resident_mib = []
     for round_index in range(args.rounds):
         for name in networks:
-            for mode, call in (("train", networks[name].train_step), ("inference", networks[name].inference)):
+            calls = {"train": networks[name].train_step, "inference": networks[name].inference}
+            for mode in args.modes:
+                call = calls[mode]
                 before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
                 call()
                 seconds, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)

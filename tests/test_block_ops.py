@@ -1,5 +1,6 @@
 """The blocks' ops with numba kernels (``ops.block_ops``): the causal convolution with its SiLU, the channels-first
-LayerNorm and the size-keeping depthwise convolution, each kernel against PyTorch's op in float64 and float32,
+LayerNorm, the size-keeping depthwise convolution, the up-sampling with its skip added and the product from few
+channels, each kernel against PyTorch's op in float64 and float32,
 forward and every gradient, and which implementation runs where."""
 import contextlib
 import math
@@ -11,7 +12,8 @@ from nnunet_mamba.ops import block_ops, scan_backend_override
 from nnunet_mamba.ops.block_ops import (NumbaCausalConvSilu, NumbaDepthwiseConv, NumbaLayerNormChannelsFirst,
                                          causal_conv1d_silu, causal_conv1d_silu_torch, depthwise_conv_same,
                                          depthwise_conv_same_torch, layer_norm_channels_first,
-                                         layer_norm_channels_first_torch)
+                                         layer_norm_channels_first_torch, linear_upsample_add)
+from nnunet_mamba.ops.block_ops import FEW_INPUTS, few_inputs_linear, few_inputs_linear_applies
 from nnunet_mamba.ops.scan_numba import numba_launch as real_numba_launch
 
 pytestmark = pytest.mark.skipif(not block_ops.kernels_import.status()[0], reason="numba unavailable")
@@ -211,3 +213,150 @@ def test_depthwise_dispatch_and_errors():
         depthwise_conv_same(x, torch.zeros(2, 1, 2, 2), None)
     with pytest.raises(ValueError, match=r"got x \(2, 6\)"):
         depthwise_conv_same(torch.zeros(2, 6), torch.zeros(2, 1, 3), None)
+
+
+def _interpolated_plus(x, skip, factors):
+    mode = "bilinear" if x.dim() == 4 else "trilinear"
+    return torch.nn.functional.interpolate(x, scale_factor=factors, mode=mode, align_corners=False) + skip
+
+
+def _upsample_runs_kernel(monkeypatch, *args) -> bool:
+    calls = []
+    kernels = block_ops.kernels_import.result()[0]
+    kernel = kernels.linear_upsample_add
+    with monkeypatch.context() as patch:
+        patch.setattr(kernels, "linear_upsample_add", lambda *arrays: calls.append(1) or kernel(*arrays))
+        linear_upsample_add(*args)
+    return bool(calls)
+
+
+@pytest.mark.parametrize("shape,factors", [
+    ((1, 3, 4, 5, 6), (2.0, 2.0, 2.0)),   # LightM-UNet's steps, odd sizes: both borders clamp
+    ((2, 2, 3, 5, 4), (1.0, 2.0, 2.0)),   # in-plane only (anisotropic plans)
+    ((1, 2, 4, 3, 2), (2.0, 1.0, 3.0)),   # any whole factor per axis
+    ((2, 3, 5, 7), (2.0, 2.0)),           # 2D
+    ((1, 1, 1, 1, 1), (2.0, 2.0, 2.0)),   # one voxel: every output is it
+])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_upsampling_with_the_skip_added_matches_pytorchs_interpolation(monkeypatch, shape, factors, dtype, tolerance):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=generator, dtype=dtype)
+    out_spatial = tuple(int(size * factor) for size, factor in zip(shape[2:], factors))
+    skip = torch.randn(*shape[:2], *out_spatial, generator=generator, dtype=dtype)
+    expected = _interpolated_plus(x, skip, factors)
+    with torch.no_grad():
+        assert _upsample_runs_kernel(monkeypatch, x, skip, factors)
+        out = linear_upsample_add(x, skip, factors)
+    assert out.shape == expected.shape and out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_upsampling_with_the_skip_added_takes_any_layout_in_inference_mode(monkeypatch):
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 3, 4, 5, 6, generator=generator).to(memory_format=torch.channels_last_3d)
+    skip = torch.randn(1, 3, 8, 12, 10, generator=generator).transpose(3, 4)  # a strided view
+    expected = _interpolated_plus(x, skip, (2.0, 2.0, 2.0))
+    with torch.inference_mode():
+        assert _upsample_runs_kernel(monkeypatch, x, skip, (2.0, 2.0, 2.0))
+        out = linear_upsample_add(x, skip, (2.0, 2.0, 2.0))
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_upsampling_with_the_skip_added_keeps_pytorch_where_a_gradient_or_an_observer_needs_it(monkeypatch):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, 2, 3, 4, 4, requires_grad=True)
+    skip = torch.randn(1, 2, 6, 8, 8)
+    factors = (2.0, 2.0, 2.0)
+    assert not _upsample_runs_kernel(monkeypatch, x, skip, factors)  # training: PyTorch's, with its backward
+    out = linear_upsample_add(x, skip, factors)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, 8.0))  # each value spread over 2 x 2 x 2 outputs
+    with torch.no_grad():
+        with scan_backend_override("torch"):
+            assert not _upsample_runs_kernel(monkeypatch, x, skip, factors)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not _upsample_runs_kernel(monkeypatch, x, skip, factors)
+        with FlopCounterMode(display=False):
+            assert not _upsample_runs_kernel(monkeypatch, x, skip, factors)
+        assert not _upsample_runs_kernel(monkeypatch, x, skip.double(), factors)  # PyTorch promotes mixed dtypes
+        traced = torch.jit.trace(lambda low, high: linear_upsample_add(low, high, factors), (x.detach(), skip))
+        assert "upsample_trilinear3d" in str(traced.graph)  # fvcore traces: it must see the interpolation
+        with pytest.raises(RuntimeError):  # a skip of another size: PyTorch's broadcasting error, not the kernel's
+            linear_upsample_add(x, skip[..., :7], factors)
+    with pytest.raises(ValueError, match=r"one scale factor per axis, got x \(1, 2, 3, 4, 4\) and scale_factor "
+                                         r"\(2.0, 2.0\)"):
+        linear_upsample_add(x, skip, (2.0, 2.0))
+
+
+def test_linear_upsample_module_adds_the_skip_and_is_nn_upsample():
+    from torch import nn
+
+    from nnunet_mamba.blocks.upsampling import LinearUpsample
+
+    module = LinearUpsample(scale_factor=(1.0, 2.0, 2.0), mode="trilinear", align_corners=False)
+    plain = nn.Upsample(scale_factor=(1.0, 2.0, 2.0), mode="trilinear", align_corners=False)
+    x, skip = torch.randn(2, 3, 4, 5, 6), torch.randn(2, 3, 4, 10, 12)
+    assert isinstance(module, nn.Upsample) and module.state_dict() == {}
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), plain(x))
+        torch.testing.assert_close(module(x, skip), plain(x) + skip)
+    with pytest.raises(ValueError, match="got mode 'nearest'"):
+        LinearUpsample(scale_factor=2.0, mode="nearest")
+    with pytest.raises(ValueError, match="align_corners True"):
+        LinearUpsample(scale_factor=2.0, mode="bilinear", align_corners=True)
+    with pytest.raises(ValueError, match="recompute_scale_factor True"):  # the kernel uses the factor as given
+        LinearUpsample(scale_factor=2.0, mode="bilinear", recompute_scale_factor=True)
+    with pytest.raises(ValueError, match=r"trilinear LinearUpsample takes 3D maps .* got shape \(2, 3, 5, 6\)"):
+        module(torch.randn(2, 3, 5, 6), torch.randn(2, 3, 10, 12))
+
+
+@pytest.mark.parametrize("batch,inputs,length,with_bias", [
+    (1, 2, 8192 * 2 + 5, False),  # LightM-UNet's dt projection (rank 2), over several chunks and a partial one
+    (2, 4, 300, True),
+    (3, 1, 7, True),
+])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_few_inputs_linear_matches_the_batched_product(batch, inputs, length, with_bias, dtype, tolerance):
+    generator = torch.Generator().manual_seed(0)
+    x_dbl = torch.randn(batch, inputs + 5, length, generator=generator, dtype=dtype)
+    x = x_dbl[:, :inputs]  # as the Mamba block's dt: a view into x_proj's output
+    weight = torch.randn(6, inputs, generator=generator, dtype=dtype)
+    bias = torch.randn(6, generator=generator, dtype=dtype) if with_bias else None
+    expected = torch.bmm(weight.expand(batch, -1, -1), x) + (bias.view(6, 1) if with_bias else 0)
+    with torch.no_grad():
+        assert few_inputs_linear_applies(x, weight, bias)
+        out = few_inputs_linear(x, weight, bias)
+    assert out.shape == (batch, 6, length) and out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_few_inputs_linear_applies_only_to_few_inputs_in_unobserved_cpu_inference(monkeypatch):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nnunet_mamba.blocks import channels_first
+
+    x, weight = torch.randn(2, FEW_INPUTS, 50), torch.randn(8, FEW_INPUTS, requires_grad=True)
+    assert not few_inputs_linear_applies(x, weight, None)  # training: the weight records a gradient
+    with torch.no_grad():
+        assert few_inputs_linear_applies(x, weight, None)
+        assert not few_inputs_linear_applies(torch.randn(2, FEW_INPUTS + 1, 50), torch.randn(8, FEW_INPUTS + 1), None)
+        assert not few_inputs_linear_applies(x[..., :0], weight, None)
+        with scan_backend_override("torch"):
+            assert not few_inputs_linear_applies(x, weight, None)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not few_inputs_linear_applies(x, weight, None)
+        with FlopCounterMode(display=False) as counter:  # FLOP counters see the product
+            assert not few_inputs_linear_applies(x, weight, None)
+            channels_first.linear_channels_first(x, weight)
+        assert counter.get_total_flops() == 2 * 2 * 8 * FEW_INPUTS * 50
+        # weights that do not fit the map fall through to bmm and its error
+        assert not few_inputs_linear_applies(torch.randn(2, 6, 50), torch.randn(8, 2), None)
+        assert not few_inputs_linear_applies(torch.randn(2, 2, 50), torch.randn(8, 4), None)
+        assert not few_inputs_linear_applies(x, weight, torch.randn(7))
+        with pytest.raises(RuntimeError):
+            channels_first.linear_channels_first(torch.randn(2, 6, 50), torch.randn(8, 2))
+        calls = []
+        monkeypatch.setattr(channels_first, "few_inputs_linear", lambda *args: calls.append(1) or few_inputs_linear(*args))
+        torch.testing.assert_close(channels_first.linear_channels_first(x, weight), torch.bmm(weight.expand(2, -1, -1), x))
+        assert calls == [1]

@@ -1,6 +1,7 @@
 """glibc keeps freed memory in processes that train on CPU (nnunet_mamba.cpu_allocator): a 64 MiB block
 freed and allocated again faults its pages in once, not every time; the opt-out and the environment form; the
-benchmark's peak-memory measurement under it; our trainers apply it when they train on CPU, not to prediction."""
+benchmark's peak-memory measurement under it; our trainers apply it when they train on CPU, and to prediction on a
+machine without a GPU."""
 import json
 import os
 import subprocess
@@ -36,7 +37,7 @@ SIZE = 64 * 2 ** 20
 
 REFILL_SCRIPT = GLIBC_BLOCKS + """
 import json, resource, sys
-from nnunet_mamba.cpu_allocator import keep_freed_memory
+from nnunet_mamba.cpu_allocator import freed_memory_kept, keep_freed_memory
 
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 
@@ -50,7 +51,7 @@ for _ in range(4):
     ctypes.memset(block, 1, SIZE)
     counts.append(faults() - before)
     libc.free(block)
-print(json.dumps({"applied": applied, "faults": counts}))
+print(json.dumps({"applied": applied, "kept": freed_memory_kept(), "faults": counts}))
 """
 
 
@@ -71,13 +72,15 @@ def _refills(mode: str, **env: str) -> dict:
 @counts_small_pages
 def test_glibc_defaults_map_a_freed_64_mib_block_afresh_every_time():
     # the cost the module removes: above glibc's largest mmap threshold (32 MiB) every allocation faults anew
-    assert all(count >= 0.9 * PAGES_IN_64_MIB for count in _refills("default")["faults"])
+    run = _refills("default")
+    assert run["kept"] is False
+    assert all(count >= 0.9 * PAGES_IN_64_MIB for count in run["faults"])
 
 
 @counts_small_pages
 def test_kept_freed_memory_is_reused_without_faults():
     run = _refills("keep")
-    assert run["applied"] is True
+    assert run["applied"] is True and run["kept"] is True
     first, *again = run["faults"]
     assert first >= 0.9 * PAGES_IN_64_MIB  # the first use still faults its pages in
     assert max(again) < 0.01 * PAGES_IN_64_MIB
@@ -86,7 +89,7 @@ def test_kept_freed_memory_is_reused_without_faults():
 @counts_small_pages
 def test_opting_out_leaves_glibcs_defaults():
     run = _refills("keep", **{cpu_allocator.KEEP_FREED_MEMORY_ENV: "0"})
-    assert run["applied"] is False
+    assert run["applied"] is False and run["kept"] is False
     assert all(count >= 0.9 * PAGES_IN_64_MIB for count in run["faults"])
 
 
@@ -94,7 +97,8 @@ def test_opting_out_leaves_glibcs_defaults():
 def test_the_environment_form_gives_a_new_process_the_same_settings(monkeypatch):
     monkeypatch.delenv(cpu_allocator.KEEP_FREED_MEMORY_ENV, raising=False)
     assert cpu_allocator.subprocess_environment() == cpu_allocator.GLIBC_ENVIRONMENT
-    assert max(_refills("default", **cpu_allocator.subprocess_environment())["faults"][1:]) < 0.01 * PAGES_IN_64_MIB
+    run = _refills("default", **cpu_allocator.subprocess_environment())
+    assert run["kept"] is True and max(run["faults"][1:]) < 0.01 * PAGES_IN_64_MIB
     monkeypatch.setenv(cpu_allocator.KEEP_FREED_MEMORY_ENV, "off")
     assert cpu_allocator.subprocess_environment() == {}
 
@@ -126,21 +130,26 @@ def test_the_benchmarks_peak_memory_still_counts_a_step_whose_memory_was_kept():
 
 
 @pytest.mark.slow
-def test_our_trainers_keep_freed_memory_when_they_train_on_cpu(make_trainer, monkeypatch):
+def test_our_trainers_keep_freed_memory_when_they_train_or_predict_on_cpu(make_trainer, monkeypatch):
     import nnunet_mamba.training.trainer_base as trainer_base
 
     calls = []
     monkeypatch.setattr(trainer_base, "keep_freed_memory", lambda: calls.append("kept") or True)
     trainer = make_trainer("nnUNetTrainerVMUNet")
     trainer.initialize()
-    assert calls == ["kept"]
-    # nnUNetv2_predict builds the network with the classmethod alone, and keeps glibc's defaults
-    type(trainer).build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 2, False)
-    assert calls == ["kept"]
+    assert calls[0] == "kept"  # before the network is built
+    # nnUNetv2_predict builds the network with the classmethod alone: on a machine without a GPU it keeps freed
+    # memory too, where a GPU may run it, glibc's defaults stay
+    for has_gpu, expected in ((False, ["kept"]), (True, [])):
+        calls.clear()
+        monkeypatch.setattr(trainer_base.torch.cuda, "is_available", lambda: has_gpu)
+        type(trainer).build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 2, False)
+        assert calls == expected, has_gpu
 
 
 def test_doctor_says_which_setting_our_processes_get(monkeypatch):
     monkeypatch.delenv(cpu_allocator.KEEP_FREED_MEMORY_ENV, raising=False)
-    assert cpu_allocator.describe().startswith("our trainers training on CPU keep freed memory")
+    assert cpu_allocator.describe().startswith("our trainers training on CPU, and nnUNetv2_predict with them on a machine "
+                                             "without a GPU, keep freed memory")
     monkeypatch.setenv(cpu_allocator.KEEP_FREED_MEMORY_ENV, "no")
     assert cpu_allocator.describe().startswith(f"glibc's defaults ({cpu_allocator.KEEP_FREED_MEMORY_ENV}=no)")

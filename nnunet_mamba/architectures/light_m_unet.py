@@ -38,6 +38,7 @@ from nnunet_mamba.blocks.convolutions import depthwise_conv, pointwise_conv
 from nnunet_mamba.blocks.layer_norm import ChannelsFirstLayerNorm, layer_norm_saved_elements
 from nnunet_mamba.blocks.mamba import Mamba
 from nnunet_mamba.blocks.pooling import MaxPool2d, MaxPool3d
+from nnunet_mamba.blocks.upsampling import LinearUpsample
 
 VARIANTS = ("official", "v0")
 #: ResMambaBlocks per level, bottleneck last (the official trainer's blocks_down)
@@ -84,7 +85,8 @@ class RVMLayer(nn.Module):
         # channels-first throughout, (B, C, L): the norms, the Mamba block and the projection all read and write
         # that layout, so the map is never transposed into a copy
         tokens = x.reshape(batch, self.in_channels, math.prod(spatial))
-        mixed = self.mamba.forward_channels_first(self.norm(tokens)) + self.skip_scale.view(-1, 1) * tokens
+        # Mamba(LN(x)) + s * x in one pass over the map
+        mixed = torch.addcmul(self.mamba.forward_channels_first(self.norm(tokens)), self.skip_scale.view(-1, 1), tokens)
         mixed = (self.post_norm or self.norm)(mixed)
         # through the module, as the official layer: thop counts the projection by its forward hook
         return self.proj(mixed).view(batch, self.out_channels, *spatial)
@@ -195,8 +197,8 @@ class LightMUNetDecoder(NoDeepSupervisionDecoder):
         # official order: the 1^d conv at the low resolution, then the interpolation
         self.upsamples = nn.ModuleList(
             nn.Sequential(pointwise_conv(conv_op, deepest_first[i], deepest_first[i + 1], bias=False),
-                          nn.Upsample(scale_factor=tuple(float(s) for s in strides[::-1][i]), mode=mode,
-                                      align_corners=False))
+                          LinearUpsample(scale_factor=tuple(float(s) for s in strides[::-1][i]), mode=mode,
+                                         align_corners=False))
             for i in range(len(widths) - 1))
         block = ConvResBlock if variant == "v0" else ResUpBlock
         self.blocks = nn.ModuleList(block(deepest_first[i + 1], conv_op) for i in range(len(widths) - 1))
@@ -206,8 +208,10 @@ class LightMUNetDecoder(NoDeepSupervisionDecoder):
 
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
         x = levels[-1]
-        for upsample, block, skip in zip(self.upsamples, self.blocks, levels[-2::-1]):
-            x = block(upsample(x) + skip)
+        # the Sequential's two layers called one by one (the up-sampling adds the skip in the same pass); the
+        # Sequential keeps the official state-dict keys
+        for (project, upsample), block, skip in zip(self.upsamples, self.blocks, levels[-2::-1]):
+            x = block(upsample(project(x), skip))  # upsample(project(x)) + skip
         return self.seg_layers[0](x)
 
     def compute_conv_feature_map_size(self, grids: Sequence[Sequence[int]]) -> int:

@@ -55,6 +55,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from nnunet_mamba.blocks.channels_first import ChannelsFirstLinear
 from nnunet_mamba.blocks.convolutions import CONVOLUTION_CLASSES
 from nnunet_mamba.blocks.layer_norm import ChannelsFirstLayerNorm
+from nnunet_mamba.blocks.upsampling import LinearUpsample
 from nnunet_mamba.ops.selective_scan import ScanCall, observe_scan_calls, scan_backend_override
 
 CONVOLUTION = "convolution"
@@ -241,13 +242,14 @@ def count_thop(module: nn.Module, *inputs) -> ProtocolCount:
         import thop
     except ImportError as error:
         raise ImportError(f"the thop protocol needs the thop package: {PAPER_COUNTS_HINT}") from error
-    from thop.vision.basic_hooks import count_convNd, count_linear, count_normalization
+    from thop.vision.basic_hooks import count_convNd, count_linear, count_normalization, count_upsample
 
     scan = [0]
     with torch.no_grad(), observe_scan_calls(_scan_macs_observer(scan)):
-        # our channels-first Linear and LayerNorm and our convolution subclasses are the nn.Linear, nn.LayerNorm and
-        # convolutions of the published layers, which thop counted
+        # our channels-first Linear and LayerNorm, up-sampling and convolution subclasses are the nn.Linear,
+        # nn.LayerNorm, nn.Upsample and convolutions of the published layers, which thop counted
         custom_ops = {ChannelsFirstLinear: count_linear, ChannelsFirstLayerNorm: count_normalization,
+                      LinearUpsample: count_upsample,
                       **{convolution: count_convNd for convolution in CONVOLUTION_CLASSES}}
         macs, parameters = thop.profile(module, inputs=inputs, verbose=False, custom_ops=custom_ops)
     return ProtocolCount("thop", int(parameters), int(macs), sum(p.numel() for p in module.parameters()), scan[0])

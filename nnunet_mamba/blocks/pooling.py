@@ -3,7 +3,7 @@ faster path for CPU inference.
 
 PyTorch's CPU ``max_pool2d``/``max_pool3d`` run these windows at a fraction of what reading the map costs: 1.8 to
 6.7 times slower on LightM-UNet's maps than taking the maximum of the strided views one axis at a time with
-``torch.maximum`` (each step halves the data the next one reads; ``examples/max_pool_timing.py``,
+``torch.maximum`` (each step halves the data the next one reads; ``examples/inference_ops_timing.py``,
 ``docs/benchmarks.md``, "CPU efficiency, fifth part"). The values are the same: a maximum does not depend on the
 order it is taken in, and ``torch.maximum`` propagates NaN as max-pooling does.
 
@@ -22,13 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _ntuple
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+from nnunet_mamba.ops.cpu_inference import unobserved_cpu_inference
 
 
 def _fast_path_applies(x: torch.Tensor, stride: tuple[int, ...]) -> bool:
-    return (x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
-            and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()
-            and not is_in_torch_dispatch_mode() and all(size >= s for size, s in zip(x.shape[2:], stride)))
+    return unobserved_cpu_inference(x) and all(size >= s for size, s in zip(x.shape[2:], stride))
 
 
 def _max_of_strided_views(x: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:

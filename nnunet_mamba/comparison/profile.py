@@ -413,8 +413,9 @@ def profile_in_new_process(dataset: str | int, configuration: str, trainer: str,
     freed, so on CPU a second profile in the same process would see no growth; a process of its own also starts
     from the same allocator, thread and cuDNN state as ``nnUNetv2_train``. On CPU every trainer's process, nnU-Net's
     included, keeps freed memory as ours do when they train (:mod:`nnunet_mamba.cpu_allocator`): the same allocator
-    for all. Its inference time is measured under it too (``nnUNetv2_predict`` keeps glibc's defaults; a 3D case
-    predicted no faster or slower with them kept)."""
+    for all. Its inference time is measured under it too, as ``nnUNetv2_predict`` runs our trainers on a machine
+    without a GPU (nnU-Net's own keeps glibc's defaults there, under which its 3D forward pass was 1.3 to 1.7 times
+    slower: ``docs/benchmarks.md``, "CPU efficiency, sixth part")."""
     import json
     import subprocess
 

@@ -2,9 +2,15 @@
 (mamba-ssm's CUDA kernel, Triton, compiled CPU (numba), pure PyTorch), and the float64 reference beside them; the
 blocks' other ops with CPU kernels of their own: the Mamba block's causal convolution with its SiLU
 (``causal_conv1d_silu``), a LayerNorm over the channels of a channels-first map (``layer_norm_channels_first``) and
-LightM-UNet's size-keeping depthwise convolution (``depthwise_conv_same``)."""
+LightM-UNet's size-keeping depthwise convolution (``depthwise_conv_same``) and its decoder's up-sampling with the skip
+added (``linear_upsample_add``)."""
 from nnunet_mamba.ops.backends import BACKENDS, ScanBackend
-from nnunet_mamba.ops.block_ops import causal_conv1d_silu, depthwise_conv_same, layer_norm_channels_first
+from nnunet_mamba.ops.block_ops import (
+    causal_conv1d_silu,
+    depthwise_conv_same,
+    layer_norm_channels_first,
+    linear_upsample_add,
+)
 from nnunet_mamba.ops.scan_cuda import cuda_kernel_status
 from nnunet_mamba.ops.scan_numba import numba_details, numba_status, saved_state_positions
 from nnunet_mamba.ops.scan_reference import selective_scan_ref
@@ -28,6 +34,7 @@ __all__ = [
     "causal_conv1d_silu",
     "depthwise_conv_same",
     "layer_norm_channels_first",
+    "linear_upsample_add",
     "backend_report",
     "cuda_kernel_status",
     "numba_details",

@@ -6,6 +6,14 @@
   ``F.layer_norm`` can only reach through a transposed copy.
 * :func:`depthwise_conv_same`: a depthwise 2D or 3D convolution with odd kernels, stride 1 and the zero padding
   that keeps the size (LightM-UNet's), which oneDNN runs several times slower than its arithmetic allows.
+* :func:`few_inputs_linear`: ``nn.Linear`` over the channels of a channels-first map with at most
+  ``FEW_INPUTS`` input channels (the Mamba block's dt projection, rank ceil(d_model / 16)), in CPU inference only.
+  PyTorch's ``bmm`` and oneDNN's 1-wide convolution both take 2 to 3 times as long as writing the output, which is
+  all such a product costs.
+* :func:`linear_upsample_add`: bilinear or trilinear up-sampling (``align_corners=False``) with a skip map added,
+  LightM-UNet's decoder step. In CPU inference only (its numba kernel has no backward), one pass that writes the
+  sum, where PyTorch's trilinear interpolation ran at a tenth of the speed of writing its output and the sum took a
+  second pass.
 
 The numba kernels (:mod:`nnunet_mamba.ops.numba_block_kernels`) run for float32 and float64 CPU tensors wherever
 the selective scan runs numba's (the CPU default; ``NNUNET_MAMBA_SCAN=torch`` gives PyTorch's everywhere), except
@@ -21,11 +29,12 @@ from __future__ import annotations
 
 import importlib
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
+from nnunet_mamba.ops.cpu_inference import ops_unobserved, unobserved_cpu_inference
 from nnunet_mamba.ops._optional import LazyImport
 from nnunet_mamba.ops.backends import AUTO
 from nnunet_mamba.ops.scan_numba import kernel_array, numba_launch
@@ -49,7 +58,7 @@ def _numba_applies(x: torch.Tensor, *parameters: torch.Tensor | None) -> bool:
         return False
     if any(p is not None and p.dtype != x.dtype for p in parameters):
         return False
-    if torch.is_autocast_enabled("cpu") or is_in_torch_dispatch_mode() or torch.jit.is_tracing():
+    if not ops_unobserved():
         return False
     return requested_backend() in (AUTO, "numba") and kernels_import.status()[0]
 
@@ -259,3 +268,64 @@ def depthwise_conv_same(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     if _numba_applies(x, weight, bias):
         return NumbaDepthwiseConv.apply(x, weight, bias)
     return depthwise_conv_same_torch(x, weight, bias)
+
+
+def _linear_sources(in_size: int, out_size: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch's linear interpolation along one axis (``align_corners=False``, a given scale factor): per output
+    index o the source position max(0, (o + 1/2) / scale - 1/2), as its two neighbouring indices (2, out_size),
+    the last index twice past the end, and the second one's weight (out_size,), in float64."""
+    position = ((torch.arange(out_size, dtype=torch.float64) + 0.5) / scale - 0.5).clamp(min=0)
+    first = position.floor().long().clamp(max=in_size - 1)
+    return torch.stack((first, (first + 1).clamp(max=in_size - 1))), position - first
+
+
+def linear_upsample_add(x: torch.Tensor, skip: torch.Tensor, scale_factor: Sequence[float]) -> torch.Tensor:
+    """``F.interpolate(x, scale_factor=scale_factor, mode="bilinear" or "trilinear", align_corners=False) + skip``
+    for x (batch, channels, *spatial) with 2 or 3 spatial axes and one scale factor per axis."""
+    if x.dim() not in (4, 5) or len(scale_factor) != x.dim() - 2:
+        raise ValueError(f"linear_upsample_add takes x (batch, channels, *spatial) with 2 or 3 spatial axes and one "
+                         f"scale factor per axis, got x {tuple(x.shape)} and scale_factor {tuple(scale_factor)}")
+    out_spatial = tuple(math.floor(size * scale) for size, scale in zip(x.shape[2:], scale_factor))
+    if (skip.shape == (*x.shape[:2], *out_spatial) and skip.dtype == x.dtype and _numba_applies(x)
+            and unobserved_cpu_inference(x, skip)):
+        kernels = kernels_import.result()[0]
+        depth_axis = () if x.dim() == 5 else (1,)
+        sources = [_linear_sources(*sizes) for sizes in
+                   zip((*depth_axis, *x.shape[2:]), (*depth_axis, *out_spatial), (*(1.0,) * len(depth_axis), *scale_factor))]
+        out = torch.empty_like(skip, memory_format=torch.contiguous_format)
+        maps = (x.shape[0] * x.shape[1], *depth_axis)
+        with numba_launch():
+            kernels.linear_upsample_add(
+                kernel_array(x).reshape(*maps, *x.shape[2:]), kernel_array(skip).reshape(*maps, *out_spatial),
+                *(array for indices, weights in sources for array in (indices.numpy(), weights.to(x.dtype).numpy())),
+                out.view(*maps, *out_spatial).numpy())
+        return out
+    mode = "bilinear" if x.dim() == 4 else "trilinear"
+    return F.interpolate(x, scale_factor=tuple(scale_factor), mode=mode, align_corners=False) + skip
+
+
+#: input channels up to which :func:`few_inputs_linear` beats PyTorch's products (at 8 it no longer did)
+FEW_INPUTS = 4
+#: positions per work unit of the kernel: its input rows stay in the L1 cache
+_FEW_INPUTS_CHUNK = 8192
+
+
+def few_inputs_linear_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether :func:`few_inputs_linear` takes ``x`` (batch, in, L) and ``weight`` (out, in): in <= FEW_INPUTS, CPU
+    inference that nothing observes, and the numba kernels in use."""
+    shapes_fit = (x.dim() == 3 and weight.dim() == 2 and weight.shape[1] == x.shape[1]
+                  and (bias is None or bias.shape == (weight.shape[0],)))  # else bmm raises PyTorch's error
+    return (shapes_fit and 0 < weight.shape[1] <= FEW_INPUTS and x.shape[-1] > 0
+            and unobserved_cpu_inference(x, weight, bias) and _numba_applies(x, weight, bias))
+
+
+def few_inputs_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``nn.Linear``'s ``weight`` (out, in) and ``bias`` over the channels of ``x`` (batch, in, L): (batch, out, L),
+    contiguous, by the numba kernel, where :func:`few_inputs_linear_applies` (no backward)."""
+    kernels = kernels_import.result()[0]
+    out = x.new_empty((x.shape[0], weight.shape[0], x.shape[2]))
+    with numba_launch():
+        kernels.few_inputs_linear(kernel_array(x), kernel_array(weight),
+                                  kernel_array(bias if bias is not None else x.new_empty(0)), bias is not None,
+                                  _FEW_INPUTS_CHUNK, out.numpy())
+    return out

@@ -322,3 +322,60 @@ def depthwise_conv_parameter_grads(x, grad_out, kernel_shape, rows_per_unit, gra
                             total += grads[i] * read[i]
                         partial[tap_z, tap_y, tap_x] += total
         grad_bias_units[unit] = bias_total
+
+
+@njit(**JIT_OPTIONS, cache=CACHE)
+def linear_upsample_add(x, skip, depth_from, depth_weight, height_from, height_weight, width_from, width_weight, out):
+    """out = skip + x interpolated linearly along each axis; x (maps, D, H, W), skip and out (maps, D', H', W').
+    Per output index along an axis, ``*_from`` (2, size) holds the two source indices and ``*_weight`` (size,) the
+    second one's weight (the first's is 1 minus it). A unit is one output plane (map, depth): its two source planes
+    are blended row by row, each blended row of W values is then spread over W' outputs, and the skip added."""
+    maps = x.shape[0]
+    width = x.shape[3]
+    out_depth, out_height, out_width = out.shape[1], out.shape[2], out.shape[3]
+    one = x.dtype.type(1)
+    for unit in prange(maps * out_depth):
+        m = unit // out_depth
+        i = unit - m * out_depth
+        d0, d1 = depth_from[0, i], depth_from[1, i]
+        a1 = depth_weight[i]
+        a0 = one - a1
+        row = np.empty(width, x.dtype)
+        for j in range(out_height):
+            h0, h1 = height_from[0, j], height_from[1, j]
+            b1 = height_weight[j]
+            b0 = one - b1
+            r00, r01, r10, r11 = x[m, d0, h0], x[m, d0, h1], x[m, d1, h0], x[m, d1, h1]
+            for k in range(width):
+                row[k] = a0 * (b0 * r00[k] + b1 * r01[k]) + a1 * (b0 * r10[k] + b1 * r11[k])
+            source = skip[m, i, j]
+            target = out[m, i, j]
+            for k in range(out_width):
+                c1 = width_weight[k]
+                target[k] = source[k] + ((one - c1) * row[width_from[0, k]] + c1 * row[width_from[1, k]])
+
+
+@njit(**JIT_OPTIONS, cache=CACHE)
+def few_inputs_linear(x, weight, bias, has_bias, chunk, out):
+    """out[b, m, t] = bias[m] + sum_k weight[m, k] x[b, k, t], for few k; x (batch, k, L), out (batch, rows, L). A unit
+    is a chunk of positions of one batch element: its k input rows stay in the L1 cache while every output row is
+    written, one pass per input row."""
+    batch, inputs, length = x.shape
+    rows = weight.shape[0]
+    chunks = (length + chunk - 1) // chunk
+    for unit in prange(batch * chunks):
+        b = unit // chunks
+        begin = (unit - b * chunks) * chunk
+        stop = min(begin + chunk, length)
+        first = x[b, 0, begin:stop]
+        for m in range(rows):
+            target = out[b, m, begin:stop]
+            w = weight[m, 0]
+            offset = bias[m] if has_bias else x.dtype.type(0)
+            for i in range(stop - begin):
+                target[i] = offset + w * first[i]
+            for k in range(1, inputs):
+                w = weight[m, k]
+                source = x[b, k, begin:stop]
+                for i in range(stop - begin):
+                    target[i] += w * source[i]

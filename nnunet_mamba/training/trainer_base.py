@@ -123,8 +123,18 @@ class MambaTrainerBase(TrainingModules, TrainingCheckpoints, nnUNetTrainer):
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True):
+        """The trainer's network from the plans. On a machine without CUDA it also makes the process keep freed
+        memory (:func:`nnunet_mamba.cpu_allocator.keep_freed_memory`, process-wide and not undone;
+        ``NNUNET_MAMBA_KEEP_FREED_MEMORY=0`` opts out): ``nnUNetv2_predict`` and ``nnUNetPredictor`` build the
+        network here and then run it on CPU. The device they will use is not known here, so a machine with a GPU
+        predicting on CPU keeps glibc's defaults."""
         if not cls.network_name:
             raise TypeError(f"{cls.__name__} does not name a network (set the class attribute network_name)")
+        if not torch.cuda.is_available():
+            # nnUNetv2_predict builds the network here, and on a machine without a GPU runs it on CPU, where a
+            # LightM-UNet forward pass of a 64 x 128 x 128 patch took 15 to 17 s with glibc's defaults (its large
+            # maps fault in afresh) and 6 s with freed memory kept (docs/benchmarks.md, "CPU efficiency, sixth part")
+            keep_freed_memory()
         return build_network(cls.network_to_build(), configuration_manager, num_input_channels, num_output_channels,
                              enable_deep_supervision)
 
@@ -135,8 +145,7 @@ class MambaTrainerBase(TrainingModules, TrainingCheckpoints, nnUNetTrainer):
 
     def initialize(self):
         if self.device.type == "cpu":
-            # before the network and the data loaders allocate. Training only: nnUNetv2_predict (which builds our
-            # networks through the classmethod above) measured no faster with it, and would hold its peak memory
+            # before the network and the data loaders allocate (a machine with a GPU training on CPU included)
             keep_freed_memory()
         if self.network_name and not self.was_initialized:
             # nnU-Net's classmethod cannot see the configuration's name: name it here
