@@ -4,7 +4,8 @@ maps, in turns in one process, medians of 9 calls:
 * ``pool``: max-pooling against the strided views (``blocks/pooling.py``);
 * ``product``: the channel product ``W @ x`` of a channels-first map, as PyTorch's ``bmm`` (what training runs),
   oneDNN's 1-wide convolution, and for at most four input channels the numba kernel (``blocks/channels_first.py``);
-* ``upsample``: trilinear (bilinear) up-sampling plus the skip against the one-pass kernel (``ops.linear_upsample_add``).
+* ``upsample``: trilinear (bilinear) up-sampling plus the skip against the one-pass kernel
+  (``ops.linear_upsample_add``).
 
     python examples/inference_ops_timing.py [--op pool product upsample]
     NNUNET_MAMBA_KEEP_FREED_MEMORY=0 python examples/inference_ops_timing.py --op product   # glibc's defaults

@@ -357,6 +357,8 @@ def test_few_inputs_linear_applies_only_to_few_inputs_in_unobserved_cpu_inferenc
         with pytest.raises(RuntimeError):
             channels_first.linear_channels_first(torch.randn(2, 6, 50), torch.randn(8, 2))
         calls = []
-        monkeypatch.setattr(channels_first, "few_inputs_linear", lambda *args: calls.append(1) or few_inputs_linear(*args))
-        torch.testing.assert_close(channels_first.linear_channels_first(x, weight), torch.bmm(weight.expand(2, -1, -1), x))
+        monkeypatch.setattr(channels_first, "few_inputs_linear",
+                            lambda *args: calls.append(1) or few_inputs_linear(*args))
+        torch.testing.assert_close(channels_first.linear_channels_first(x, weight),
+                                   torch.bmm(weight.expand(2, -1, -1), x))
         assert calls == [1]

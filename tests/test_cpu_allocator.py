@@ -149,7 +149,7 @@ def test_our_trainers_keep_freed_memory_when_they_train_or_predict_on_cpu(make_t
 
 def test_doctor_says_which_setting_our_processes_get(monkeypatch):
     monkeypatch.delenv(cpu_allocator.KEEP_FREED_MEMORY_ENV, raising=False)
-    assert cpu_allocator.describe().startswith("our trainers training on CPU, and nnUNetv2_predict with them on a machine "
-                                             "without a GPU, keep freed memory")
+    assert cpu_allocator.describe().startswith(
+        "our trainers training on CPU, and nnUNetv2_predict with them on a machine without a GPU, keep freed memory")
     monkeypatch.setenv(cpu_allocator.KEEP_FREED_MEMORY_ENV, "no")
     assert cpu_allocator.describe().startswith(f"glibc's defaults ({cpu_allocator.KEEP_FREED_MEMORY_ENV}=no)")

@@ -193,7 +193,8 @@ def test_cpu_inference_paths_give_the_training_paths_outputs(monkeypatch, patch)
     ran = []
     for name in ("few_inputs_linear", "linear_upsample_add"):
         kernel = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *arrays, kernel=kernel, name=name: ran.append(name) or kernel(*arrays))
+        monkeypatch.setattr(kernels, name,
+                            lambda *arrays, kernel=kernel, name=name: ran.append(name) or kernel(*arrays))
     convolution = F.conv1d
     monkeypatch.setattr(F, "conv1d", lambda *args: ran.append("conv1d") or convolution(*args))
     monkeypatch.setattr(channels_first, "freed_memory_kept", lambda: True)

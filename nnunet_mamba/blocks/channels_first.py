@@ -7,15 +7,15 @@ backward. A batched matrix product reads a transposed operand at no cost and wri
 asked for.
 
 CPU inference takes two other ways (``docs/benchmarks.md``, "CPU efficiency, sixth part"). A product from at most
-four channels (the Mamba block's dt projection) is a numba kernel's (:func:`nnunet_mamba.ops.block_ops.few_inputs_linear`):
-PyTorch's ops took two to three times as long as writing the output. And a contiguous float32 map whose sequences
-are long (32768 positions or more) is multiplied as oneDNN's 1-wide convolution where the process keeps its freed
-memory (:mod:`nnunet_mamba.cpu_allocator`): PyTorch's CPU ``bmm`` runs such products below oneDNN's kernel (0.57 to
-0.88 of its time on LightM-UNet's 3D maps, one batch element), while on the 2D maps (2 x 16384 positions) the two
-were within 0.8 to 1.3 of each other either way; with glibc's defaults the convolution took twice the product's time,
-the buffers oneDNN allocates faulting in afresh at every call. Training keeps the product: with its backward the
-convolution was slower on the 2D shapes. Autocast, JIT traces and FLOP counters see the product, as everywhere
-else.
+four channels (the Mamba block's dt projection) is a numba kernel's
+(:func:`nnunet_mamba.ops.block_ops.few_inputs_linear`): PyTorch's ops took two to three times as long as writing the
+output. And a contiguous float32 map whose sequences are long (32768 positions or more) is multiplied as oneDNN's
+1-wide convolution where the process keeps its freed memory (:mod:`nnunet_mamba.cpu_allocator`): PyTorch's CPU
+``bmm`` runs such products below oneDNN's kernel (0.57 to 0.88 of its time on LightM-UNet's 3D maps, one batch
+element), while on the 2D maps (2 x 16384 positions) the two were within 0.8 to 1.3 of each other either way; with
+glibc's defaults the convolution took twice the product's time, the buffers oneDNN allocates faulting in afresh at
+every call. Training keeps the product: with its backward the convolution was slower on the 2D shapes. Autocast, JIT
+traces and FLOP counters see the product, as everywhere else.
 """
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ from nnunet_mamba.ops import linear_upsample_add
 
 class LinearUpsample(nn.Upsample):
     """``nn.Upsample(scale_factor=..., mode="bilinear" or "trilinear", align_corners=False)``; ``module(x, skip)``
-    is ``module(x) + skip``, in CPU inference one pass of a compiled kernel (:func:`nnunet_mamba.ops.linear_upsample_add`).
+    is ``module(x) + skip``, in CPU inference one pass of a compiled kernel
+    (:func:`nnunet_mamba.ops.linear_upsample_add`).
     A subclass, so that checkpoints (it has no state) and thop (told by ``count_thop``) see the layer it is."""
 
     def __init__(self, *args, **kwargs):

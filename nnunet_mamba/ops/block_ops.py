@@ -34,9 +34,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from nnunet_mamba.ops.cpu_inference import ops_unobserved, unobserved_cpu_inference
 from nnunet_mamba.ops._optional import LazyImport
 from nnunet_mamba.ops.backends import AUTO
+from nnunet_mamba.ops.cpu_inference import ops_unobserved, unobserved_cpu_inference
 from nnunet_mamba.ops.scan_numba import kernel_array, numba_launch
 from nnunet_mamba.ops.selective_scan import requested_backend
 
@@ -61,6 +61,11 @@ def _numba_applies(x: torch.Tensor, *parameters: torch.Tensor | None) -> bool:
     if not ops_unobserved():
         return False
     return requested_backend() in (AUTO, "numba") and kernels_import.status()[0]
+
+
+def _numba_inference_applies(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """:func:`_numba_applies`, for the kernels without a backward: also no gradient recorded through any input."""
+    return _numba_applies(x, *others) and unobserved_cpu_inference(x, *others)
 
 
 def causal_conv1d_silu_torch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -286,12 +291,11 @@ def linear_upsample_add(x: torch.Tensor, skip: torch.Tensor, scale_factor: Seque
         raise ValueError(f"linear_upsample_add takes x (batch, channels, *spatial) with 2 or 3 spatial axes and one "
                          f"scale factor per axis, got x {tuple(x.shape)} and scale_factor {tuple(scale_factor)}")
     out_spatial = tuple(math.floor(size * scale) for size, scale in zip(x.shape[2:], scale_factor))
-    if (skip.shape == (*x.shape[:2], *out_spatial) and skip.dtype == x.dtype and _numba_applies(x)
-            and unobserved_cpu_inference(x, skip)):
+    if skip.shape == (*x.shape[:2], *out_spatial) and _numba_inference_applies(x, skip):
         kernels = kernels_import.result()[0]
         depth_axis = () if x.dim() == 5 else (1,)
-        sources = [_linear_sources(*sizes) for sizes in
-                   zip((*depth_axis, *x.shape[2:]), (*depth_axis, *out_spatial), (*(1.0,) * len(depth_axis), *scale_factor))]
+        sources = [_linear_sources(*sizes) for sizes in zip((*depth_axis, *x.shape[2:]), (*depth_axis, *out_spatial),
+                                                             (*(1.0,) * len(depth_axis), *scale_factor))]
         out = torch.empty_like(skip, memory_format=torch.contiguous_format)
         maps = (x.shape[0] * x.shape[1], *depth_axis)
         with numba_launch():
@@ -316,7 +320,7 @@ def few_inputs_linear_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch
     shapes_fit = (x.dim() == 3 and weight.dim() == 2 and weight.shape[1] == x.shape[1]
                   and (bias is None or bias.shape == (weight.shape[0],)))  # else bmm raises PyTorch's error
     return (shapes_fit and 0 < weight.shape[1] <= FEW_INPUTS and x.shape[-1] > 0
-            and unobserved_cpu_inference(x, weight, bias) and _numba_applies(x, weight, bias))
+            and _numba_inference_applies(x, weight, bias))
 
 
 def few_inputs_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
