@@ -3,7 +3,8 @@ maps, in turns in one process, medians of 9 calls:
 
 * ``pool``: max-pooling against the strided views (``blocks/pooling.py``);
 * ``product``: the channel product ``W @ x`` of a channels-first map, as PyTorch's ``bmm`` (what training runs),
-  oneDNN's 1-wide convolution, and for at most four input channels the numba kernel (``blocks/channels_first.py``);
+  oneDNN's 1-wide convolution, and the numba kernel where it applies (``ops.block_ops.channels_linear``: few input
+  channels, or long sequences);
 * ``upsample``: trilinear (bilinear) up-sampling plus the skip against the one-pass kernel
   (``ops.linear_upsample_add``).
 
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from nnunet_mamba.blocks.pooling import max_pool
 from nnunet_mamba.cpu_allocator import keep_freed_memory
 from nnunet_mamba.ops import linear_upsample_add
-from nnunet_mamba.ops.block_ops import few_inputs_linear, few_inputs_linear_applies
+from nnunet_mamba.ops.block_ops import channels_linear, channels_linear_applies
 
 # (map shape, stride): LightM-UNet's first pooling in 2D (128 x 128, batch 2) and 3D (64^3), a deeper 3D one, and an
 # anisotropic plan's in-plane-only pooling
@@ -65,8 +66,8 @@ def product() -> None:
         x, weight = torch.randn(batch, inputs, length), torch.randn(rows, inputs)
         calls = {"bmm": lambda: torch.bmm(weight.expand(batch, -1, -1), x),
                  "1-wide convolution": lambda: F.conv1d(x, weight.unsqueeze(-1))}
-        if few_inputs_linear_applies(x, weight, None):
-            calls["numba kernel"] = lambda: few_inputs_linear(x, weight, None)
+        if channels_linear_applies(x, weight, None):
+            calls["numba kernel"] = lambda: channels_linear(x, weight, None)
         expected = calls["bmm"]()
         for call in calls.values():
             torch.testing.assert_close(call(), expected, rtol=1e-4, atol=1e-4)

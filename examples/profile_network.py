@@ -17,6 +17,7 @@ from torch.autograd.profiler import record_function
 import nnunet_mamba.blocks.mamba as mamba_module
 import nnunet_mamba.blocks.vss as vss_module
 from nnunet_mamba.architectures import build_network, synthetic_configuration
+from nnunet_mamba.cpu_allocator import keep_freed_memory
 
 SCOPES = ("causal_conv1d", "selective_scan")
 
@@ -36,8 +37,10 @@ def main() -> None:
     parser.add_argument("--mode", choices=("train", "inference"), default="train")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rows", type=int, default=14)
+    parser.add_argument("--shapes", action="store_true", help="one row per op and input shapes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as benchmark network and our trainers on CPU
     # the blocks look both up in their modules at call time
     mamba_module.causal_conv1d_silu = named_scope("causal_conv1d", mamba_module.causal_conv1d_silu)
     for module in (mamba_module, vss_module):
@@ -64,11 +67,12 @@ def main() -> None:
     call = train_step if args.mode == "train" else inference
     for _ in range(2):
         call()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                record_shapes=args.shapes) as profile:
         started = time.perf_counter()
         call()
         seconds = time.perf_counter() - started
-    events = profile.key_averages()
+    events = profile.key_averages(group_by_input_shape=args.shapes)
     print(f"{args.network} {'x'.join(map(str, args.patch))} batch {args.batch}, {args.mode}: {seconds * 1000:.0f} ms")
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
     for scope in SCOPES:

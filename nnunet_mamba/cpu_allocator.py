@@ -82,8 +82,7 @@ def keep_freed_memory() -> bool:
 
 def freed_memory_kept() -> bool:
     """Whether this process keeps its freed memory: :func:`keep_freed_memory` applied it, or the process started
-    with :data:`GLIBC_ENVIRONMENT`. Ops whose speed depends on it ask (a large block allocated afresh costs a fault
-    per page otherwise)."""
+    with :data:`GLIBC_ENVIRONMENT` (a large block allocated afresh costs a fault per page otherwise)."""
     return _applied or (_glibc() is not None and all(os.environ.get(key) == value
                                                      for key, value in GLIBC_ENVIRONMENT.items()))
 

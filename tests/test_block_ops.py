@@ -13,7 +13,7 @@ from nnunet_mamba.ops.block_ops import (NumbaCausalConvSilu, NumbaDepthwiseConv,
                                          causal_conv1d_silu, causal_conv1d_silu_torch, depthwise_conv_same,
                                          depthwise_conv_same_torch, layer_norm_channels_first,
                                          layer_norm_channels_first_torch, linear_upsample_add)
-from nnunet_mamba.ops.block_ops import FEW_INPUTS, few_inputs_linear, few_inputs_linear_applies
+from nnunet_mamba.ops.block_ops import FEW_INPUTS, LONG_SEQUENCE, channels_linear, channels_linear_applies
 from nnunet_mamba.ops.scan_numba import numba_launch as real_numba_launch
 
 pytestmark = pytest.mark.skipif(not block_ops.kernels_import.status()[0], reason="numba unavailable")
@@ -311,54 +311,77 @@ def test_linear_upsample_module_adds_the_skip_and_is_nn_upsample():
         module(torch.randn(2, 3, 5, 6), torch.randn(2, 3, 10, 12))
 
 
-@pytest.mark.parametrize("batch,inputs,length,with_bias", [
-    (1, 2, 8192 * 2 + 5, False),  # LightM-UNet's dt projection (rank 2), over several chunks and a partial one
-    (2, 4, 300, True),
-    (3, 1, 7, True),
+@pytest.mark.parametrize("batch,inputs,rows,length,with_bias", [
+    (1, 2, 64, 2 * 1024 + 5, False),  # LightM-UNet's dt projection (rank 2), two threads' units and a partial one
+    (2, 4, 6, 300, True),
+    (3, 1, 4, 7, True),
+    (1, 64, 34, 3000, True),  # x_proj: outputs not a multiple of four
+    (2, 7, 9, 1100, False),  # inputs not a multiple of four: three single passes before the passes of four
+    (1, 257, 8, 600, True),  # inputs too many for 1024 positions per unit
 ])
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_few_inputs_linear_matches_the_batched_product(batch, inputs, length, with_bias, dtype, tolerance):
+def test_channels_linear_matches_the_batched_product(batch, inputs, rows, length, with_bias, dtype, tolerance):
     generator = torch.Generator().manual_seed(0)
     x_dbl = torch.randn(batch, inputs + 5, length, generator=generator, dtype=dtype)
     x = x_dbl[:, :inputs]  # as the Mamba block's dt: a view into x_proj's output
-    weight = torch.randn(6, inputs, generator=generator, dtype=dtype)
-    bias = torch.randn(6, generator=generator, dtype=dtype) if with_bias else None
-    expected = torch.bmm(weight.expand(batch, -1, -1), x) + (bias.view(6, 1) if with_bias else 0)
+    weight = torch.randn(rows, inputs, generator=generator, dtype=dtype)
+    bias = torch.randn(rows, generator=generator, dtype=dtype) if with_bias else None
+    expected = torch.bmm(weight.expand(batch, -1, -1), x) + (bias.view(rows, 1) if with_bias else 0)
     with torch.no_grad():
-        assert few_inputs_linear_applies(x, weight, bias)
-        out = few_inputs_linear(x, weight, bias)
-    assert out.shape == (batch, 6, length) and out.is_contiguous()
+        out = channels_linear(x, weight, bias)
+    assert out.shape == (batch, rows, length) and out.is_contiguous()
     torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
 
 
-def test_few_inputs_linear_applies_only_to_few_inputs_in_unobserved_cpu_inference(monkeypatch):
+@pytest.mark.parametrize("inputs", [2, 8])
+def test_channels_linear_keeps_inf_and_nan_where_the_product_has_them(inputs):
+    """A zero weight times an inf input is nan, and only where the product multiplies them."""
+    x = torch.randn(1, inputs, 40)
+    x[0, 0, 3] = float("nan")
+    x[0, 1, 5] = float("inf")
+    x[0, inputs - 1, 9] = -float("inf")
+    weight = torch.randn(5, inputs)
+    weight[1, 1] = 0.0
+    expected = weight @ x[0]
+    with torch.no_grad():
+        out = channels_linear(x, weight, None)[0]
+    assert torch.equal(out.isnan(), expected.isnan()) and torch.equal(out.isinf(), expected.isinf())
+    torch.testing.assert_close(out[out.isfinite()], expected[expected.isfinite()])
+
+
+def test_channels_linear_applies_only_where_it_pays_in_unobserved_cpu_inference(monkeypatch):
     from torch.utils.flop_counter import FlopCounterMode
 
     from nnunet_mamba.blocks import channels_first
 
     x, weight = torch.randn(2, FEW_INPUTS, 50), torch.randn(8, FEW_INPUTS, requires_grad=True)
-    assert not few_inputs_linear_applies(x, weight, None)  # training: the weight records a gradient
+    long_map = torch.randn(1, FEW_INPUTS + 1, LONG_SEQUENCE)
+    assert not channels_linear_applies(x, weight, None)  # training: the weight records a gradient
     with torch.no_grad():
-        assert few_inputs_linear_applies(x, weight, None)
-        assert not few_inputs_linear_applies(torch.randn(2, FEW_INPUTS + 1, 50), torch.randn(8, FEW_INPUTS + 1), None)
-        assert not few_inputs_linear_applies(x[..., :0], weight, None)
+        assert channels_linear_applies(x, weight, None)
+        assert channels_linear_applies(long_map, torch.randn(8, FEW_INPUTS + 1), None)
+        assert not channels_linear_applies(long_map[..., 1:], torch.randn(8, FEW_INPUTS + 1), None)  # shorter
+        assert not channels_linear_applies(long_map.transpose(1, 2).contiguous().transpose(1, 2),
+                                           torch.randn(8, FEW_INPUTS + 1), None)  # a transposed view: bmm reads it
+        assert not channels_linear_applies(x, weight[:3], None)  # fewer than four outputs
+        assert not channels_linear_applies(x[..., :0], weight, None)
         with scan_backend_override("torch"):
-            assert not few_inputs_linear_applies(x, weight, None)
+            assert not channels_linear_applies(x, weight, None)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not few_inputs_linear_applies(x, weight, None)
+            assert not channels_linear_applies(x, weight, None)
         with FlopCounterMode(display=False) as counter:  # FLOP counters see the product
-            assert not few_inputs_linear_applies(x, weight, None)
+            assert not channels_linear_applies(x, weight, None)
             channels_first.linear_channels_first(x, weight)
         assert counter.get_total_flops() == 2 * 2 * 8 * FEW_INPUTS * 50
         # weights that do not fit the map fall through to bmm and its error
-        assert not few_inputs_linear_applies(torch.randn(2, 6, 50), torch.randn(8, 2), None)
-        assert not few_inputs_linear_applies(torch.randn(2, 2, 50), torch.randn(8, 4), None)
-        assert not few_inputs_linear_applies(x, weight, torch.randn(7))
+        assert not channels_linear_applies(torch.randn(2, 6, 50), torch.randn(8, 2), None)
+        assert not channels_linear_applies(torch.randn(2, 2, 50), torch.randn(8, 4), None)
+        assert not channels_linear_applies(x, weight, torch.randn(7))
         with pytest.raises(RuntimeError):
             channels_first.linear_channels_first(torch.randn(2, 6, 50), torch.randn(8, 2))
         calls = []
-        monkeypatch.setattr(channels_first, "few_inputs_linear",
-                            lambda *args: calls.append(1) or few_inputs_linear(*args))
+        monkeypatch.setattr(channels_first, "channels_linear",
+                            lambda *args: calls.append(1) or channels_linear(*args))
         torch.testing.assert_close(channels_first.linear_channels_first(x, weight),
                                    torch.bmm(weight.expand(2, -1, -1), x))
         assert calls == [1]

@@ -181,30 +181,28 @@ def test_the_torch_scan_never_materialises_all_states_at_once(monkeypatch):
 
 @pytest.mark.parametrize("patch", [(32, 32), (8, 32, 32)])
 def test_cpu_inference_paths_give_the_training_paths_outputs(monkeypatch, patch):
-    """In CPU inference LightM-UNet's products run as 1-wide convolutions (where freed memory is kept) or, from
-    its few-channel dt projections, a numba kernel, its decoder up-samples and adds the skip in one pass and it
-    max-pools by strided views; with a gradient recorded none of them runs. Both give the same outputs."""
-    from nnunet_mamba.blocks import channels_first
+    """In CPU inference LightM-UNet's products on long sequences and its few-channel dt projections run the numba
+    kernel, its decoder up-samples and adds the skip in one pass and it max-pools by strided views; with a gradient
+    recorded none of them runs. Both give the same outputs."""
     from nnunet_mamba.ops import block_ops
 
     if not block_ops.kernels_import.status()[0]:
         pytest.skip("numba unavailable")
     kernels = block_ops.kernels_import.result()[0]
     ran = []
-    for name in ("few_inputs_linear", "linear_upsample_add"):
+    for name in ("channels_linear", "linear_upsample_add"):
         kernel = getattr(kernels, name)
         monkeypatch.setattr(kernels, name,
                             lambda *arrays, kernel=kernel, name=name: ran.append(name) or kernel(*arrays))
-    convolution = F.conv1d
-    monkeypatch.setattr(F, "conv1d", lambda *args: ran.append("conv1d") or convolution(*args))
-    monkeypatch.setattr(channels_first, "freed_memory_kept", lambda: True)
-    monkeypatch.setattr(channels_first, "LONG_SEQUENCE", 64)  # the small patch's first levels take the convolution
+    monkeypatch.setattr(block_ops, "LONG_SEQUENCE", 64)  # the small patch's first levels take it with all inputs
     torch.manual_seed(0)
     network = build_network("light_m_unet", synthetic_configuration(patch), 1, 3, False).eval()
     images = torch.randn(2, 1, *patch)
     with torch.no_grad():
         fast = network(images)
-    assert {"few_inputs_linear", "linear_upsample_add", "conv1d"} <= set(ran)
+    assert {"channels_linear", "linear_upsample_add"} <= set(ran)
+    mamba_blocks = sum(isinstance(module, Mamba) for module in network.modules())
+    assert ran.count("channels_linear") > mamba_blocks  # not the dt projections alone
     ran.clear()
     reference = network(images)  # the parameters record gradients: PyTorch's ops throughout
     assert ran == []

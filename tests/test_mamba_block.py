@@ -159,36 +159,33 @@ def test_linear_layers_on_channels_first_maps_match_nn_linear_and_need_no_copy()
                                (tokens @ layer.weight.t()).transpose(1, 2))
 
 
-def test_cpu_inference_on_long_contiguous_maps_multiplies_by_a_convolution_and_training_by_bmm(monkeypatch):
-    """The 1-wide convolution runs only where no gradient is recorded, on contiguous float32 maps whose sequences
-    are long, outside dispatch modes, in a process that keeps its freed memory; its values are nn.Linear's."""
+def test_cpu_inference_on_long_contiguous_maps_runs_the_numba_product_and_training_bmm(monkeypatch):
+    """The numba product runs only where no gradient is recorded, on contiguous maps whose sequences are long (or
+    whose inputs are few), outside dispatch modes; its values are nn.Linear's."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from nnunet_mamba.blocks import channels_first
-    from nnunet_mamba.blocks.channels_first import LONG_SEQUENCE, linear_channels_first
+    from nnunet_mamba.blocks.channels_first import linear_channels_first
+    from nnunet_mamba.ops import block_ops
 
+    if not block_ops.kernels_import.status()[0]:
+        pytest.skip("numba unavailable")
     calls = []
-    convolution = F.conv1d
-    monkeypatch.setattr(F, "conv1d", lambda *args: calls.append("conv1d") or convolution(*args))
-    monkeypatch.setattr(channels_first, "freed_memory_kept", lambda: False)  # glibc's defaults: the product
-    with torch.no_grad():
-        linear_channels_first(torch.randn(2, 6, LONG_SEQUENCE), torch.randn(5, 6))
-    assert calls == []
-    monkeypatch.setattr(channels_first, "freed_memory_kept", lambda: True)
+    product = channels_first.channels_linear
+    monkeypatch.setattr(channels_first, "channels_linear", lambda *args: calls.append("numba") or product(*args))
     torch.manual_seed(0)
     layer = torch.nn.Linear(6, 5)
-    long_map = torch.randn(2, 6, LONG_SEQUENCE)
+    long_map = torch.randn(2, 6, block_ops.LONG_SEQUENCE)
     expected = layer(long_map.transpose(1, 2)).transpose(1, 2)
     with torch.no_grad():
         for bias in (layer.bias, None):
             out = linear_channels_first(long_map, layer.weight, bias)
-            assert out.shape == (2, 5, LONG_SEQUENCE) and out.is_contiguous()
+            assert out.shape == (2, 5, block_ops.LONG_SEQUENCE) and out.is_contiguous()
             torch.testing.assert_close(out, expected - (0 if bias is not None else layer.bias.view(5, 1)))
-        assert calls == ["conv1d", "conv1d"]
+        assert calls == ["numba", "numba"]
         linear_channels_first(long_map[..., 1:].contiguous(), layer.weight)  # shorter
         linear_channels_first(long_map.transpose(1, 2).contiguous().transpose(1, 2), layer.weight)  # a view
-        linear_channels_first(long_map.double(), layer.weight.double())  # oneDNN has no float64 kernel
-        assert calls == ["conv1d", "conv1d"]
+        assert calls == ["numba", "numba"]
 
         class Recorder(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):

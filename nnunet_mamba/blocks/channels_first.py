@@ -6,26 +6,17 @@ convolution pays a transposing copy on the way in and one on the way out, in the
 backward. A batched matrix product reads a transposed operand at no cost and writes its result in the layout
 asked for.
 
-CPU inference takes two other ways (``docs/benchmarks.md``, "CPU efficiency, sixth part"). A product from at most
-four channels (the Mamba block's dt projection) is a numba kernel's
-(:func:`nnunet_mamba.ops.block_ops.few_inputs_linear`): PyTorch's ops took two to three times as long as writing the
-output. And a contiguous float32 map whose sequences are long (32768 positions or more) is multiplied as oneDNN's
-1-wide convolution where the process keeps its freed memory (:mod:`nnunet_mamba.cpu_allocator`): PyTorch's CPU
-``bmm`` runs such products below oneDNN's kernel (0.57 to 0.88 of its time on LightM-UNet's 3D maps, one batch
-element), while on the 2D maps (2 x 16384 positions) the two were within 0.8 to 1.3 of each other either way; with
-glibc's defaults the convolution took twice the product's time, the buffers oneDNN allocates faulting in afresh at
-every call. Training keeps the product: with its backward the convolution was slower on the 2D shapes. Autocast, JIT
-traces and FLOP counters see the product, as everywhere else.
+CPU inference takes the numba kernel :func:`nnunet_mamba.ops.block_ops.channels_linear` where it beats PyTorch's
+products: from at most four input channels (the Mamba block's dt projection) and on contiguous maps with long
+sequences (``docs/benchmarks.md``, "CPU efficiency, seventh part"). Training keeps the product, whose backward
+PyTorch has; autocast, JIT traces and FLOP counters see the product, as everywhere else.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from nnunet_mamba.cpu_allocator import freed_memory_kept
-from nnunet_mamba.ops.block_ops import few_inputs_linear, few_inputs_linear_applies
-from nnunet_mamba.ops.cpu_inference import unobserved_cpu_inference
+from nnunet_mamba.ops.block_ops import channels_linear, channels_linear_applies
 
 
 def _compute_weight(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -36,23 +27,11 @@ def _compute_weight(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return weight
 
 
-#: positions per sequence from which oneDNN's 1-wide convolution beat the CPU ``bmm`` in inference (1 x 32768: 0.48
-#: to 0.75 of its time; 2 x 131072: 0.59 to 0.86; 2 x 16384: 0.79 to 1.28, kept on ``bmm``), on 2 threads
-LONG_SEQUENCE = 32768
-
-
-def _convolution_is_faster(x: torch.Tensor) -> bool:
-    return (x.is_contiguous() and x.dtype == torch.float32 and x.shape[-1] >= LONG_SEQUENCE
-            and freed_memory_kept())
-
-
 def linear_channels_first(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``nn.Linear``'s ``weight`` (out, in) and ``bias`` over the channels of ``x`` (batch, in, L): (batch, out, L),
     contiguous. ``x`` may be a transposed view of channels-last tokens."""
-    if few_inputs_linear_applies(x, weight, bias):
-        return few_inputs_linear(x, weight, bias)
-    if _convolution_is_faster(x) and unobserved_cpu_inference(x, weight, bias):
-        return F.conv1d(x, weight.unsqueeze(-1), bias)
+    if channels_linear_applies(x, weight, bias):
+        return channels_linear(x, weight, bias)
     # bmm, not matmul: matmul folds the batch into the rows, computes the product channels-last and copies it
     weight = _compute_weight(weight, x).expand(x.shape[0], *weight.shape)
     if bias is None:

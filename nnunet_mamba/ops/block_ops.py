@@ -6,10 +6,12 @@
   ``F.layer_norm`` can only reach through a transposed copy.
 * :func:`depthwise_conv_same`: a depthwise 2D or 3D convolution with odd kernels, stride 1 and the zero padding
   that keeps the size (LightM-UNet's), which oneDNN runs several times slower than its arithmetic allows.
-* :func:`few_inputs_linear`: ``nn.Linear`` over the channels of a channels-first map with at most
-  ``FEW_INPUTS`` input channels (the Mamba block's dt projection, rank ceil(d_model / 16)), in CPU inference only.
-  PyTorch's ``bmm`` and oneDNN's 1-wide convolution both take 2 to 3 times as long as writing the output, which is
-  all such a product costs.
+* :func:`channels_linear`: ``nn.Linear`` over the channels of a channels-first map, in CPU inference only, where
+  PyTorch's products fall short: at most ``FEW_INPUTS`` input channels (the Mamba block's dt projection, rank
+  ceil(d_model / 16)), where ``bmm`` and oneDNN's 1-wide convolution took 2 to 3 times as long as writing the output,
+  and contiguous maps of at least ``LONG_SEQUENCE`` positions (LightM-UNet's first levels), where ``bmm`` ran at
+  20-35 GFLOP/s and the convolution at 35-60 against the kernel's 45-70 (``docs/benchmarks.md``, "CPU efficiency,
+  seventh part").
 * :func:`linear_upsample_add`: bilinear or trilinear up-sampling (``align_corners=False``) with a skip map added,
   LightM-UNet's decoder step. In CPU inference only (its numba kernel has no backward), one pass that writes the
   sum, where PyTorch's trilinear interpolation ran at a tenth of the speed of writing its output and the sum took a
@@ -308,28 +310,39 @@ def linear_upsample_add(x: torch.Tensor, skip: torch.Tensor, scale_factor: Seque
     return F.interpolate(x, scale_factor=tuple(scale_factor), mode=mode, align_corners=False) + skip
 
 
-#: input channels up to which :func:`few_inputs_linear` beats PyTorch's products (at 8 it no longer did)
+#: input channels up to which :func:`channels_linear` beats PyTorch's products at any length (the Mamba block's dt
+#: projection)
 FEW_INPUTS = 4
-#: positions per work unit of the kernel: its input rows stay in the L1 cache
-_FEW_INPUTS_CHUNK = 8192
+#: positions per sequence from which it beats them with more inputs (on contiguous maps)
+LONG_SEQUENCE = 8192
+#: positions per work unit of the kernel at most, and its input values at most: a unit's input rows stay in the L2
+#: cache while it passes over them once per four output rows, four output rows in the L1 cache
+_CHANNELS_LINEAR_CHUNK = 1024
+_CHANNELS_LINEAR_INPUT_VALUES = 1 << 16
 
 
-def few_inputs_linear_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether :func:`few_inputs_linear` takes ``x`` (batch, in, L) and ``weight`` (out, in): in <= FEW_INPUTS, CPU
-    inference that nothing observes, and the numba kernels in use."""
+def channels_linear_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether :func:`channels_linear` takes ``x`` (batch, in, L) and ``weight`` (out, in): at least 4 outputs, at
+    most FEW_INPUTS inputs or a contiguous ``x`` of at least LONG_SEQUENCE positions, CPU inference that nothing
+    observes, and the numba kernels in use."""
     shapes_fit = (x.dim() == 3 and weight.dim() == 2 and weight.shape[1] == x.shape[1]
                   and (bias is None or bias.shape == (weight.shape[0],)))  # else bmm raises PyTorch's error
-    return (shapes_fit and 0 < weight.shape[1] <= FEW_INPUTS and x.shape[-1] > 0
-            and _numba_inference_applies(x, weight, bias))
+    if not shapes_fit or weight.shape[0] < 4 or weight.shape[1] == 0 or x.shape[-1] == 0:
+        return False
+    pays = weight.shape[1] <= FEW_INPUTS or (x.shape[-1] >= LONG_SEQUENCE and x.is_contiguous())
+    return pays and _numba_inference_applies(x, weight, bias)
 
 
-def few_inputs_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def channels_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``nn.Linear``'s ``weight`` (out, in) and ``bias`` over the channels of ``x`` (batch, in, L): (batch, out, L),
-    contiguous, by the numba kernel, where :func:`few_inputs_linear_applies` (no backward)."""
+    contiguous, by the numba kernel, where :func:`channels_linear_applies` (no backward)."""
     kernels = kernels_import.result()[0]
-    out = x.new_empty((x.shape[0], weight.shape[0], x.shape[2]))
-    with numba_launch():
-        kernels.few_inputs_linear(kernel_array(x), kernel_array(weight),
-                                  kernel_array(bias if bias is not None else x.new_empty(0)), bias is not None,
-                                  _FEW_INPUTS_CHUNK, out.numpy())
+    batch, _, length = x.shape
+    out = x.new_empty((batch, weight.shape[0], length))
+    with numba_launch() as threads:
+        per_thread = -(-length // -(-threads // batch))  # shorter units where the batch has too few for the threads
+        chunk = min(_CHANNELS_LINEAR_CHUNK, max(64, _CHANNELS_LINEAR_INPUT_VALUES // x.shape[1]), -(-per_thread // 8) * 8)
+        kernels.channels_linear(kernel_array(x), kernel_array(weight),
+                                kernel_array(bias if bias is not None else x.new_empty(0)), bias is not None, chunk,
+                                out.numpy())
     return out

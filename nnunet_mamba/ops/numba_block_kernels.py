@@ -355,11 +355,73 @@ def linear_upsample_add(x, skip, depth_from, depth_weight, height_from, height_w
                 target[k] = source[k] + ((one - c1) * row[width_from[0, k]] + c1 * row[width_from[1, k]])
 
 
+@njit(**UNIT_OPTIONS)
+def _four_output_rows(x, weight, bias, has_bias, b, first_row, begin, stop, out):
+    """out[b, first_row + r, begin:stop] for r < 4: four output rows, in passes over four input rows each, so that
+    every value read feeds four multiply-adds and every output value written takes sixteen. The first pass writes
+    without reading: four inputs where their number is a multiple of four, else one, then one pass for each of the
+    other ``inputs % 4`` (a fill at weight 0 would turn an input's inf into nan)."""
+    inputs = x.shape[1]
+    positions = stop - begin
+    zero = x.dtype.type(0)
+    t0, t1 = out[b, first_row, begin:stop], out[b, first_row + 1, begin:stop]
+    t2, t3 = out[b, first_row + 2, begin:stop], out[b, first_row + 3, begin:stop]
+    s0 = bias[first_row] if has_bias else zero
+    s1 = bias[first_row + 1] if has_bias else zero
+    s2 = bias[first_row + 2] if has_bias else zero
+    s3 = bias[first_row + 3] if has_bias else zero
+    w = weight[first_row:first_row + 4]
+    lead = inputs % 4 if inputs % 4 else 4
+    if lead == 4:
+        x0, x1, x2, x3 = x[b, 0, begin:stop], x[b, 1, begin:stop], x[b, 2, begin:stop], x[b, 3, begin:stop]
+        w00, w01, w02, w03 = w[0, 0], w[0, 1], w[0, 2], w[0, 3]
+        w10, w11, w12, w13 = w[1, 0], w[1, 1], w[1, 2], w[1, 3]
+        w20, w21, w22, w23 = w[2, 0], w[2, 1], w[2, 2], w[2, 3]
+        w30, w31, w32, w33 = w[3, 0], w[3, 1], w[3, 2], w[3, 3]
+        for i in range(positions):
+            a, e, f, g = x0[i], x1[i], x2[i], x3[i]
+            t0[i] = s0 + ((w00 * a + w01 * e) + (w02 * f + w03 * g))
+            t1[i] = s1 + ((w10 * a + w11 * e) + (w12 * f + w13 * g))
+            t2[i] = s2 + ((w20 * a + w21 * e) + (w22 * f + w23 * g))
+            t3[i] = s3 + ((w30 * a + w31 * e) + (w32 * f + w33 * g))
+    else:
+        x0 = x[b, 0, begin:stop]
+        w00, w10, w20, w30 = w[0, 0], w[1, 0], w[2, 0], w[3, 0]
+        for i in range(positions):
+            a = x0[i]
+            t0[i] = s0 + w00 * a
+            t1[i] = s1 + w10 * a
+            t2[i] = s2 + w20 * a
+            t3[i] = s3 + w30 * a
+        for c in range(1, lead):
+            x0 = x[b, c, begin:stop]
+            w00, w10, w20, w30 = w[0, c], w[1, c], w[2, c], w[3, c]
+            for i in range(positions):
+                a = x0[i]
+                t0[i] += w00 * a
+                t1[i] += w10 * a
+                t2[i] += w20 * a
+                t3[i] += w30 * a
+    for c in range(lead, inputs, 4):
+        x0, x1, x2, x3 = x[b, c, begin:stop], x[b, c + 1, begin:stop], x[b, c + 2, begin:stop], x[b, c + 3, begin:stop]
+        w00, w01, w02, w03 = w[0, c], w[0, c + 1], w[0, c + 2], w[0, c + 3]
+        w10, w11, w12, w13 = w[1, c], w[1, c + 1], w[1, c + 2], w[1, c + 3]
+        w20, w21, w22, w23 = w[2, c], w[2, c + 1], w[2, c + 2], w[2, c + 3]
+        w30, w31, w32, w33 = w[3, c], w[3, c + 1], w[3, c + 2], w[3, c + 3]
+        for i in range(positions):
+            a, e, f, g = x0[i], x1[i], x2[i], x3[i]
+            t0[i] += (w00 * a + w01 * e) + (w02 * f + w03 * g)
+            t1[i] += (w10 * a + w11 * e) + (w12 * f + w13 * g)
+            t2[i] += (w20 * a + w21 * e) + (w22 * f + w23 * g)
+            t3[i] += (w30 * a + w31 * e) + (w32 * f + w33 * g)
+
+
 @njit(**JIT_OPTIONS, cache=CACHE)
-def few_inputs_linear(x, weight, bias, has_bias, chunk, out):
-    """out[b, m, t] = bias[m] + sum_k weight[m, k] x[b, k, t], for few k; x (batch, k, L), out (batch, rows, L). A unit
-    is a chunk of positions of one batch element: its k input rows stay in the L1 cache while every output row is
-    written, one pass per input row."""
+def channels_linear(x, weight, bias, has_bias, chunk, out):
+    """out[b, m, t] = bias[m] + sum_k weight[m, k] x[b, k, t]; x (batch, inputs, L), weight (rows, inputs) with at
+    least 4 rows, out (batch, rows, L). A unit is a chunk of positions of one batch element, whose rows stay in the
+    L1/L2 caches while it writes every output row, four at a time; where the rows are not a multiple of four, the
+    last four rows overlap the block before and are written twice, with the same values."""
     batch, inputs, length = x.shape
     rows = weight.shape[0]
     chunks = (length + chunk - 1) // chunk
@@ -367,15 +429,5 @@ def few_inputs_linear(x, weight, bias, has_bias, chunk, out):
         b = unit // chunks
         begin = (unit - b * chunks) * chunk
         stop = min(begin + chunk, length)
-        first = x[b, 0, begin:stop]
-        for m in range(rows):
-            target = out[b, m, begin:stop]
-            w = weight[m, 0]
-            offset = bias[m] if has_bias else x.dtype.type(0)
-            for i in range(stop - begin):
-                target[i] = offset + w * first[i]
-            for k in range(1, inputs):
-                w = weight[m, k]
-                source = x[b, k, begin:stop]
-                for i in range(stop - begin):
-                    target[i] += w * source[i]
+        for block in range(0, rows, 4):
+            _four_output_rows(x, weight, bias, has_bias, b, min(block, rows - 4), begin, stop, out)
