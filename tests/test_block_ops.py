@@ -349,14 +349,41 @@ def test_channels_linear_keeps_inf_and_nan_where_the_product_has_them(inputs):
     torch.testing.assert_close(out[out.isfinite()], expected[expected.isfinite()])
 
 
-def test_channels_linear_applies_only_where_it_pays_in_unobserved_cpu_inference(monkeypatch):
+@pytest.mark.parametrize("inputs,with_bias", [(2, True), (6, False), (9, True)])
+def test_channels_linear_gradients_match_the_batched_product(monkeypatch, inputs, with_bias):
+    """The input's gradient by the kernel (by bmm from fewer than four outputs), the weight's and the bias's as bmm's
+    backward gives them, float64; and numerically (gradcheck)."""
+    monkeypatch.setattr(block_ops, "LONG_SEQUENCE", 64)
+    generator = torch.Generator().manual_seed(0)
+
+    def leaves(length):
+        x = torch.randn(2, inputs, length, generator=generator, dtype=torch.float64).requires_grad_()
+        weight = torch.randn(5, inputs, generator=generator, dtype=torch.float64).requires_grad_()
+        bias = torch.randn(5, generator=generator, dtype=torch.float64).requires_grad_() if with_bias else None
+        return x, weight, bias
+
+    x, weight, bias = leaves(70)
+    assert channels_linear_applies(x, weight, bias)
+    grad_out = torch.randn(2, 5, 70, generator=generator, dtype=torch.float64)
+    out = channels_linear(x, weight, bias)
+    assert type(out.grad_fn).__name__ == "NumbaChannelsLinearBackward"
+    gradients = torch.autograd.grad(out, [t for t in (x, weight, bias) if t is not None], grad_out)
+    expected = torch.bmm(weight.expand(2, -1, -1), x) + (bias.view(5, 1) if with_bias else 0)
+    torch.testing.assert_close(out, expected)
+    expected_gradients = torch.autograd.grad(expected, [t for t in (x, weight, bias) if t is not None], grad_out)
+    for gradient, reference in zip(gradients, expected_gradients):
+        torch.testing.assert_close(gradient, reference, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(channels_linear, leaves(66))
+
+
+def test_channels_linear_applies_only_where_it_pays_and_ops_are_unobserved(monkeypatch):
     from torch.utils.flop_counter import FlopCounterMode
 
     from nnunet_mamba.blocks import channels_first
 
     x, weight = torch.randn(2, FEW_INPUTS, 50), torch.randn(8, FEW_INPUTS, requires_grad=True)
     long_map = torch.randn(1, FEW_INPUTS + 1, LONG_SEQUENCE)
-    assert not channels_linear_applies(x, weight, None)  # training: the weight records a gradient
+    assert channels_linear_applies(x, weight, None)  # training too: it has a backward
     with torch.no_grad():
         assert channels_linear_applies(x, weight, None)
         assert channels_linear_applies(long_map, torch.randn(8, FEW_INPUTS + 1), None)

@@ -181,9 +181,9 @@ def test_the_torch_scan_never_materialises_all_states_at_once(monkeypatch):
 
 @pytest.mark.parametrize("patch", [(32, 32), (8, 32, 32)])
 def test_cpu_inference_paths_give_the_training_paths_outputs(monkeypatch, patch):
-    """In CPU inference LightM-UNet's products on long sequences and its few-channel dt projections run the numba
-    kernel, its decoder up-samples and adds the skip in one pass and it max-pools by strided views; with a gradient
-    recorded none of them runs. Both give the same outputs."""
+    """In CPU inference LightM-UNet's decoder up-samples and adds the skip in one pass and it max-pools by strided
+    views, which do not run where a gradient is recorded; its products on long sequences and its few-channel dt
+    projections run the numba kernel in both. Both give the same outputs."""
     from nnunet_mamba.ops import block_ops
 
     if not block_ops.kernels_import.status()[0]:
@@ -204,6 +204,6 @@ def test_cpu_inference_paths_give_the_training_paths_outputs(monkeypatch, patch)
     mamba_blocks = sum(isinstance(module, Mamba) for module in network.modules())
     assert ran.count("channels_linear") > mamba_blocks  # not the dt projections alone
     ran.clear()
-    reference = network(images)  # the parameters record gradients: PyTorch's ops throughout
-    assert ran == []
+    reference = network(images)  # the parameters record gradients: the paths with a backward
+    assert "linear_upsample_add" not in ran and "channels_linear" in ran
     torch.testing.assert_close(fast, reference.detach(), rtol=1e-4, atol=1e-4)

@@ -159,9 +159,9 @@ def test_linear_layers_on_channels_first_maps_match_nn_linear_and_need_no_copy()
                                (tokens @ layer.weight.t()).transpose(1, 2))
 
 
-def test_cpu_inference_on_long_contiguous_maps_runs_the_numba_product_and_training_bmm(monkeypatch):
-    """The numba product runs only where no gradient is recorded, on contiguous maps whose sequences are long (or
-    whose inputs are few), outside dispatch modes; its values are nn.Linear's."""
+def test_long_contiguous_maps_run_the_numba_product_in_inference_and_training(monkeypatch):
+    """The numba product runs on contiguous maps whose sequences are long (or whose inputs are few), outside dispatch
+    modes, with and without a gradient recorded; its values and gradients are nn.Linear's."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from nnunet_mamba.blocks import channels_first
@@ -197,8 +197,11 @@ def test_cpu_inference_on_long_contiguous_maps_runs_the_numba_product_and_traini
         assert calls[2:] == ["aten.expand.default", "aten.bmm.default"]
     del calls[:]
     out = linear_channels_first(long_map, layer.weight, layer.bias)  # training: the weight records a gradient
-    assert calls == [] and out.grad_fn is not None
+    assert calls == ["numba"] and out.grad_fn is not None
     torch.testing.assert_close(out, expected)
+    grad_out = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, layer.weight, grad_out)[0],
+                               torch.autograd.grad(expected, layer.weight, grad_out)[0], rtol=1e-4, atol=1e-3)
 
 
 def test_the_scan_gets_its_inputs_without_layout_copies(monkeypatch):

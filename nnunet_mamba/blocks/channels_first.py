@@ -6,10 +6,10 @@ convolution pays a transposing copy on the way in and one on the way out, in the
 backward. A batched matrix product reads a transposed operand at no cost and writes its result in the layout
 asked for.
 
-CPU inference takes the numba kernel :func:`nnunet_mamba.ops.block_ops.channels_linear` where it beats PyTorch's
+On CPU the numba kernel :func:`nnunet_mamba.ops.block_ops.channels_linear` stands in where it beats PyTorch's
 products: from at most four input channels (the Mamba block's dt projection) and on contiguous maps with long
-sequences (``docs/benchmarks.md``, "CPU efficiency, seventh part"). Training keeps the product, whose backward
-PyTorch has; autocast, JIT traces and FLOP counters see the product, as everywhere else.
+sequences, in inference and in training (its input gradient is the same kernel's product) (``docs/benchmarks.md``,
+"CPU efficiency, seventh part"). Autocast, JIT traces and FLOP counters see the product, as everywhere else.
 """
 from __future__ import annotations
 

@@ -6,12 +6,12 @@
   ``F.layer_norm`` can only reach through a transposed copy.
 * :func:`depthwise_conv_same`: a depthwise 2D or 3D convolution with odd kernels, stride 1 and the zero padding
   that keeps the size (LightM-UNet's), which oneDNN runs several times slower than its arithmetic allows.
-* :func:`channels_linear`: ``nn.Linear`` over the channels of a channels-first map, in CPU inference only, where
-  PyTorch's products fall short: at most ``FEW_INPUTS`` input channels (the Mamba block's dt projection, rank
-  ceil(d_model / 16)), where ``bmm`` and oneDNN's 1-wide convolution took 2 to 3 times as long as writing the output,
-  and contiguous maps of at least ``LONG_SEQUENCE`` positions (LightM-UNet's first levels), where ``bmm`` ran at
-  20-35 GFLOP/s and the convolution at 35-60 against the kernel's 45-70 (``docs/benchmarks.md``, "CPU efficiency,
-  seventh part").
+* :func:`channels_linear`: ``nn.Linear`` over the channels of a channels-first map where PyTorch's CPU products fall
+  short: at most ``FEW_INPUTS`` input channels (the Mamba block's dt projection, rank ceil(d_model / 16)), where
+  ``bmm`` and oneDNN's 1-wide convolution took 2 to 3 times as long as writing the output, and contiguous maps of at
+  least ``LONG_SEQUENCE`` positions (LightM-UNet's first levels), where ``bmm`` ran at 20-35 GFLOP/s and the
+  convolution at 35-60 against the kernel's 45-70 (``docs/benchmarks.md``, "CPU efficiency, seventh part"). In
+  training the input's gradient is the same kernel's product, the weight's ``bmm``'s.
 * :func:`linear_upsample_add`: bilinear or trilinear up-sampling (``align_corners=False``) with a skip map added,
   LightM-UNet's decoder step. In CPU inference only (its numba kernel has no backward), one pass that writes the
   sum, where PyTorch's trilinear interpolation ran at a tenth of the speed of writing its output and the sum took a
@@ -323,26 +323,68 @@ _CHANNELS_LINEAR_INPUT_VALUES = 1 << 16
 
 def channels_linear_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether :func:`channels_linear` takes ``x`` (batch, in, L) and ``weight`` (out, in): at least 4 outputs, at
-    most FEW_INPUTS inputs or a contiguous ``x`` of at least LONG_SEQUENCE positions, CPU inference that nothing
-    observes, and the numba kernels in use."""
+    most FEW_INPUTS inputs or a contiguous ``x`` of at least LONG_SEQUENCE positions, and the numba kernels in use
+    (CPU, float32 or float64, no autocast, JIT trace or dispatch mode)."""
     shapes_fit = (x.dim() == 3 and weight.dim() == 2 and weight.shape[1] == x.shape[1]
                   and (bias is None or bias.shape == (weight.shape[0],)))  # else bmm raises PyTorch's error
-    if not shapes_fit or weight.shape[0] < 4 or weight.shape[1] == 0 or x.shape[-1] == 0:
+    return shapes_fit and _channels_linear_pays(x, weight) and _numba_applies(x, weight, bias)
+
+
+def _channels_linear_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    outputs, inputs = weight.shape
+    if outputs < 4 or inputs == 0 or x.shape[-1] == 0:
         return False
-    pays = weight.shape[1] <= FEW_INPUTS or (x.shape[-1] >= LONG_SEQUENCE and x.is_contiguous())
-    return pays and _numba_inference_applies(x, weight, bias)
+    return inputs <= FEW_INPUTS or (x.shape[-1] >= LONG_SEQUENCE and x.is_contiguous())
 
 
-def channels_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``nn.Linear``'s ``weight`` (out, in) and ``bias`` over the channels of ``x`` (batch, in, L): (batch, out, L),
-    contiguous, by the numba kernel, where :func:`channels_linear_applies` (no backward)."""
+def _channels_linear_kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     kernels = kernels_import.result()[0]
-    batch, _, length = x.shape
+    batch, inputs, length = x.shape
     out = x.new_empty((batch, weight.shape[0], length))
     with numba_launch() as threads:
         per_thread = -(-length // -(-threads // batch))  # shorter units where the batch has too few for the threads
-        chunk = min(_CHANNELS_LINEAR_CHUNK, max(64, _CHANNELS_LINEAR_INPUT_VALUES // x.shape[1]), -(-per_thread // 8) * 8)
+        chunk = min(_CHANNELS_LINEAR_CHUNK, max(64, _CHANNELS_LINEAR_INPUT_VALUES // inputs), -(-per_thread // 8) * 8)
         kernels.channels_linear(kernel_array(x), kernel_array(weight),
                                 kernel_array(bias if bias is not None else x.new_empty(0)), bias is not None, chunk,
                                 out.numpy())
     return out
+
+
+class NumbaChannelsLinear(torch.autograd.Function):
+    """:func:`channels_linear` with a gradient; saves x and weight, as ``bmm`` does. The input's gradient is the
+    kernel's product of the output gradient by the transposed weight where it pays as in the forward (not for the dt
+    projection's two rows), the weight's the batched product of the output gradient by the input summed over the
+    batch, as ``bmm``'s backward computes it. Once differentiable, as the other kernels."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _channels_linear_kernel(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            transposed = weight.t()
+            if _channels_linear_pays(grad_out, transposed):
+                grad_x = _channels_linear_kernel(grad_out, transposed.contiguous(), None)
+            else:
+                grad_x = torch.bmm(transposed.expand(x.shape[0], -1, -1), grad_out)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.bmm(grad_out, x.transpose(1, 2)).sum(0)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum((0, 2))
+        return grad_x, grad_weight, grad_bias
+
+
+def channels_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``nn.Linear``'s ``weight`` (out, in) and ``bias`` over the channels of ``x`` (batch, in, L): (batch, out, L),
+    contiguous, by the numba kernel, where :func:`channels_linear_applies`; with a backward where a gradient is
+    recorded."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return NumbaChannelsLinear.apply(x, weight, bias)
+    return _channels_linear_kernel(x, weight, bias)
