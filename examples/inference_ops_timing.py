@@ -2,7 +2,7 @@
 maps, in turns in one process, medians of 9 calls:
 
 * ``pool``: max-pooling against the strided views (``blocks/pooling.py``);
-* ``product``: the channel product ``W @ x`` of a channels-first map, as PyTorch's ``bmm`` (what training runs),
+* ``product``: the channel product ``W @ x`` of a channels-first map, as PyTorch's ``bmm``,
   oneDNN's 1-wide convolution, and the numba kernel where it applies (``ops.block_ops.channels_linear``: few input
   channels, or long sequences);
 * ``upsample``: trilinear (bilinear) up-sampling plus the skip against the one-pass kernel

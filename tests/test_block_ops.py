@@ -376,6 +376,22 @@ def test_channels_linear_gradients_match_the_batched_product(monkeypatch, inputs
     assert torch.autograd.gradcheck(channels_linear, leaves(66))
 
 
+def test_channels_linear_refuses_what_its_kernel_cannot_take():
+    x = torch.randn(2, 3, 40)
+    with pytest.raises(ValueError, match=r"with out >= 4, got x \(2, 3, 40\) and weight \(3, 3\)"):
+        channels_linear(x, torch.randn(3, 3), None)  # fewer than four outputs
+    with pytest.raises(ValueError, match=r"in >= 1 .* got x \(2, 0, 40\) and weight \(4, 0\)"):
+        channels_linear(x[:, :0], torch.randn(4, 0), None)
+    with pytest.raises(ValueError, match=r"got x \(2, 3, 40\) and weight \(4, 5\)"):
+        channels_linear(x, torch.randn(4, 5), None)
+    with pytest.raises(ValueError, match=r"bias must have shape \(4,\), got \(5,\)"):
+        channels_linear(x, torch.randn(4, 3), torch.randn(5))
+    with pytest.raises(ValueError, match="got x torch.float32 on cpu, weight torch.float64 on cpu"):
+        channels_linear(x, torch.randn(4, 3, dtype=torch.float64), None)
+    with pytest.raises(ValueError, match="got x torch.bfloat16 on cpu, weight torch.bfloat16 on cpu"):
+        channels_linear(x.bfloat16(), torch.randn(4, 3).bfloat16(), None)
+
+
 def test_channels_linear_applies_only_where_it_pays_and_ops_are_unobserved(monkeypatch):
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -183,7 +183,8 @@ def test_the_torch_scan_never_materialises_all_states_at_once(monkeypatch):
 def test_cpu_inference_paths_give_the_training_paths_outputs(monkeypatch, patch):
     """In CPU inference LightM-UNet's decoder up-samples and adds the skip in one pass and it max-pools by strided
     views, which do not run where a gradient is recorded; its products on long sequences and its few-channel dt
-    projections run the numba kernel in both. Both give the same outputs."""
+    projections run the numba kernel in both. Both give the outputs of PyTorch's ops."""
+    from nnunet_mamba.blocks import channels_first
     from nnunet_mamba.ops import block_ops
 
     if not block_ops.kernels_import.status()[0]:
@@ -204,6 +205,11 @@ def test_cpu_inference_paths_give_the_training_paths_outputs(monkeypatch, patch)
     mamba_blocks = sum(isinstance(module, Mamba) for module in network.modules())
     assert ran.count("channels_linear") > mamba_blocks  # not the dt projections alone
     ran.clear()
-    reference = network(images)  # the parameters record gradients: the paths with a backward
+    training = network(images)  # the parameters record gradients: the products keep the kernel, which has a backward
     assert "linear_upsample_add" not in ran and "channels_linear" in ran
+    monkeypatch.setattr(channels_first, "channels_linear_applies", lambda *args: False)
+    ran.clear()
+    reference = network(images)  # PyTorch's ops throughout
+    assert ran == []
     torch.testing.assert_close(fast, reference.detach(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(training, reference, rtol=1e-4, atol=1e-4)

@@ -196,12 +196,16 @@ def test_long_contiguous_maps_run_the_numba_product_in_inference_and_training(mo
             linear_channels_first(long_map, layer.weight)
         assert calls[2:] == ["aten.expand.default", "aten.bmm.default"]
     del calls[:]
-    out = linear_channels_first(long_map, layer.weight, layer.bias)  # training: the weight records a gradient
+    long_map.requires_grad_()
+    expected = layer(long_map.transpose(1, 2)).transpose(1, 2)
+    out = linear_channels_first(long_map, layer.weight, layer.bias)  # training: gradients recorded
     assert calls == ["numba"] and out.grad_fn is not None
     torch.testing.assert_close(out, expected)
     grad_out = torch.randn_like(out)
-    torch.testing.assert_close(torch.autograd.grad(out, layer.weight, grad_out)[0],
-                               torch.autograd.grad(expected, layer.weight, grad_out)[0], rtol=1e-4, atol=1e-3)
+    leaves = (long_map, layer.weight, layer.bias)
+    for gradient, reference in zip(torch.autograd.grad(out, leaves, grad_out),
+                                   torch.autograd.grad(expected, leaves, grad_out)):
+        torch.testing.assert_close(gradient, reference, rtol=1e-4, atol=1e-3)
 
 
 def test_the_scan_gets_its_inputs_without_layout_copies(monkeypatch):

@@ -10,7 +10,7 @@
   short: at most ``FEW_INPUTS`` input channels (the Mamba block's dt projection, rank ceil(d_model / 16)), where
   ``bmm`` and oneDNN's 1-wide convolution took 2 to 3 times as long as writing the output, and contiguous maps of at
   least ``LONG_SEQUENCE`` positions (LightM-UNet's first levels), where ``bmm`` ran at 20-35 GFLOP/s and the
-  convolution at 35-60 against the kernel's 45-70 (``docs/benchmarks.md``, "CPU efficiency, seventh part"). In
+  convolution at 30-50 against the kernel's 45-70 (``docs/benchmarks.md``, "CPU efficiency, seventh part"). In
   training the input's gradient is the same kernel's product, the weight's ``bmm``'s.
 * :func:`linear_upsample_add`: bilinear or trilinear up-sampling (``align_corners=False``) with a skip map added,
   LightM-UNet's decoder step. In CPU inference only (its numba kernel has no backward), one pass that writes the
@@ -315,8 +315,8 @@ def linear_upsample_add(x: torch.Tensor, skip: torch.Tensor, scale_factor: Seque
 FEW_INPUTS = 4
 #: positions per sequence from which it beats them with more inputs (on contiguous maps)
 LONG_SEQUENCE = 8192
-#: positions per work unit of the kernel at most, and its input values at most: a unit's input rows stay in the L2
-#: cache while it passes over them once per four output rows, four output rows in the L1 cache
+#: positions per work unit of the kernel at most, and its input values at most (but 64 positions at least): a unit's
+#: input rows stay in the L2 cache while it passes over them once per four output rows, four output rows in L1
 _CHANNELS_LINEAR_CHUNK = 1024
 _CHANNELS_LINEAR_INPUT_VALUES = 1 << 16
 
@@ -343,7 +343,8 @@ def _channels_linear_kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     out = x.new_empty((batch, weight.shape[0], length))
     with numba_launch() as threads:
         per_thread = -(-length // -(-threads // batch))  # shorter units where the batch has too few for the threads
-        chunk = min(_CHANNELS_LINEAR_CHUNK, max(64, _CHANNELS_LINEAR_INPUT_VALUES // inputs), -(-per_thread // 8) * 8)
+        by_inputs = max(64, _CHANNELS_LINEAR_INPUT_VALUES // inputs // 8 * 8)  # whole 8-lane vectors
+        chunk = min(_CHANNELS_LINEAR_CHUNK, by_inputs, -(-per_thread // 8) * 8)
         kernels.channels_linear(kernel_array(x), kernel_array(weight),
                                 kernel_array(bias if bias is not None else x.new_empty(0)), bias is not None, chunk,
                                 out.numpy())
@@ -385,6 +386,16 @@ def channels_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     """``nn.Linear``'s ``weight`` (out, in) and ``bias`` over the channels of ``x`` (batch, in, L): (batch, out, L),
     contiguous, by the numba kernel, where :func:`channels_linear_applies`; with a backward where a gradient is
     recorded."""
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[1] != x.shape[1] or weight.shape[0] < 4 or x.shape[1] < 1:
+        raise ValueError(f"channels_linear takes x (batch, in, L) with in >= 1 and weight (out, in) with out >= 4, got "
+                         f"x {tuple(x.shape)} and weight {tuple(weight.shape)}; linear_channels_first takes any shapes")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"channels_linear's bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    tensors = {"x": x, "weight": weight, "bias": bias}
+    if any(t is not None and (t.device.type != "cpu" or t.dtype != x.dtype) for t in tensors.values()) \
+            or x.dtype not in (torch.float32, torch.float64):
+        found = ", ".join(f"{name} {t.dtype} on {t.device}" for name, t in tensors.items() if t is not None)
+        raise ValueError(f"channels_linear takes float32 or float64 CPU tensors of one dtype, got {found}")
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return NumbaChannelsLinear.apply(x, weight, bias)
     return _channels_linear_kernel(x, weight, bias)
