@@ -1,9 +1,10 @@
 """Where a block may compute its output by a path for CPU inference only.
 
 Some ops have a faster way on CPU to the same values whose gradient differs (max-pooling by strided views splits
-tied windows' gradients) or that has no backward (up-sampling with the skip added in one pass). Such a path is safe where no gradient is recorded and nothing watches or rewrites the ops:
-inference, ``nnUNetv2_predict`` and validation on the CPU, outside CPU autocast (which picks its own dtypes per op),
-JIT traces and dispatch modes (FLOP counters, fake tensors).
+tied windows' gradients) or that has no backward (up-sampling with the skip added in one pass). Such a path is safe
+where no gradient is recorded and nothing watches or rewrites the ops: inference, ``nnUNetv2_predict`` and
+validation on the CPU, outside CPU autocast (which picks its own dtypes per op), JIT traces and dispatch modes (FLOP
+counters, fake tensors).
 """
 from __future__ import annotations
 

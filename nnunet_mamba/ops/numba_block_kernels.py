@@ -426,8 +426,6 @@ def channels_linear(x, weight, bias, has_bias, chunk, out):
     rows = weight.shape[0]
     chunks = (length + chunk - 1) // chunk
     for unit in prange(batch * chunks):
-        b = unit // chunks
-        begin = (unit - b * chunks) * chunk
-        stop = min(begin + chunk, length)
+        b, begin, stop = _unit_run(unit, chunks, chunk, length)
         for block in range(0, rows, 4):
             _four_output_rows(x, weight, bias, has_bias, b, min(block, rows - 4), begin, stop, out)
