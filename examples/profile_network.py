@@ -6,7 +6,8 @@ inference profile would not show them).
     python examples/profile_network.py --network light_m_unet --patch 128 128 --batch 2 --mode train
     python examples/profile_network.py --network light_m_unet --patch 128 128 --batch 2 --mode inference
 
-Prints the wall time of the profiled call, the ops by self time, and the scopes' totals.
+Prints the wall time of the profiled call, the ops by self time, the scopes' totals, and the state updates of the
+selective scans (batch x channels x positions x N summed over the calls) with the rate the scans ran at.
 """
 import argparse
 import time
@@ -22,8 +23,10 @@ from nnunet_mamba.cpu_allocator import keep_freed_memory
 SCOPES = ("causal_conv1d", "selective_scan")
 
 
-def named_scope(name, function):
+def named_scope(name, function, on_call=None):
     def scoped(*args, **kwargs):
+        if on_call is not None:
+            on_call(*args)
         with record_function(name):
             return function(*args, **kwargs)
     return scoped
@@ -43,8 +46,13 @@ def main() -> None:
     keep_freed_memory()  # as benchmark network and our trainers on CPU
     # the blocks look both up in their modules at call time
     mamba_module.causal_conv1d_silu = named_scope("causal_conv1d", mamba_module.causal_conv1d_silu)
+    state_updates = []
+
+    def count_updates(u, delta, A, *rest):
+        state_updates.append(u.numel() * A.shape[-1])
+
     for module in (mamba_module, vss_module):
-        module.selective_scan = named_scope("selective_scan", module.selective_scan)
+        module.selective_scan = named_scope("selective_scan", module.selective_scan, count_updates)
 
     torch.manual_seed(0)
     network = build_network(args.network, synthetic_configuration(tuple(args.patch)), 1, 3, False)
@@ -67,6 +75,7 @@ def main() -> None:
     call = train_step if args.mode == "train" else inference
     for _ in range(2):
         call()
+    state_updates.clear()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                 record_shapes=args.shapes) as profile:
         started = time.perf_counter()
@@ -79,6 +88,10 @@ def main() -> None:
         for event in events:
             if event.key == scope:
                 print(f"{scope}: forward {event.cpu_time_total / 1000:.1f} ms (with what it calls)")
+                if scope == "selective_scan":
+                    updates = sum(state_updates)
+                    print(f"selective_scan: {len(state_updates)} calls, {updates / 1e6:.1f} M state updates, "
+                          f"{updates / event.cpu_time_total / 1e3:.2f} G updates/s in the forward")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 The demo's 3D VM-UNet once ended with the cube at Dice 0.0: VM-UNet's final 4x patch expanding, drawn per
 sub-position, painted a fixed pattern over the logits that hid the image, so each class left the all-background
 start at a seed-dependent iteration, sometimes after the run had ended (fixed: the expanding starts with its
-sub-positions alike). Here each network's small instance trains from seeds 0, 1 and 2 (the two costliest from 0
-and 2) on the demo's geometry
+sub-positions alike). Here each network's small instance trains from seeds 0, 1 and 2 (the two costliest from
+seed 2 alone, the slowest to learn of the three measured) on the demo's geometry
 (spacing 2 x 1 x 1, so the plan pools in-plane first) with the quick trainers' optimisation: AdamW 2e-3, weight
 decay 1e-2, gradient norm clipped at 12, nnU-Net's Dice + CE, with deep supervision where the network has it
 (:func:`nnunet_mamba.benchmarks.learning.short_run`: no data loading or augmentation, which the end-to-end tests
@@ -27,9 +27,9 @@ from nnunet_mamba.synthetic import LABELS
 SHAPE = (16, 32, 32)
 SPACING = (2.0, 1.0, 1.0)
 SEEDS = (0, 1, 2)
-#: the two networks whose runs cost a minute or more each on the CI machine, from two of the seeds; all three were
-#: measured (docs/benchmarks.md); seed 2 is VM-UNet's slowest
-FEWER_SEEDS = {"vm_unet": (0, 2), "light_m_unet": (0, 2)}
+#: the two networks whose runs cost a minute or more each on the CI machine, from their slowest seed alone (lowest
+#: Dice of the three at the test's iterations, docs/benchmarks.md), to keep the CI run under 40 minutes
+FEWER_SEEDS = {"vm_unet": (2,), "light_m_unet": (2,)}
 #: test Dice at which a label counts as learned (see the module docstring)
 LEARNED_DICE = 0.3
 #: iterations of batch 2 per network

@@ -321,20 +321,34 @@ _CHANNELS_LINEAR_CHUNK = 1024
 _CHANNELS_LINEAR_INPUT_VALUES = 1 << 16
 
 
+def _channels_linear_misfit(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str | None:
+    """Why the kernel cannot take these tensors (shapes, dtypes, devices), or None where it can."""
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[1] != x.shape[1] or weight.shape[0] < 4 or x.shape[1] < 1:
+        return (f"channels_linear takes x (batch, in, L) with in >= 1 and weight (out, in) with out >= 4, got "
+                f"x {tuple(x.shape)} and weight {tuple(weight.shape)}; linear_channels_first takes any shapes")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        return f"channels_linear's bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}"
+    tensors = {"x": x, "weight": weight, "bias": bias}
+    if any(t is not None and (t.device.type != "cpu" or t.dtype != x.dtype) for t in tensors.values()) \
+            or x.dtype not in (torch.float32, torch.float64):
+        found = ", ".join(f"{name} {t.dtype} on {t.device}" for name, t in tensors.items() if t is not None)
+        return f"channels_linear takes float32 or float64 CPU tensors of one dtype, got {found}"
+    return None
+
+
 def channels_linear_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether :func:`channels_linear` takes ``x`` (batch, in, L) and ``weight`` (out, in): at least 4 outputs, at
     most FEW_INPUTS inputs or a contiguous ``x`` of at least LONG_SEQUENCE positions, and the numba kernels in use
-    (CPU, float32 or float64, no autocast, JIT trace or dispatch mode)."""
-    shapes_fit = (x.dim() == 3 and weight.dim() == 2 and weight.shape[1] == x.shape[1]
-                  and (bias is None or bias.shape == (weight.shape[0],)))  # else bmm raises PyTorch's error
-    return shapes_fit and _channels_linear_pays(x, weight) and _numba_applies(x, weight, bias)
+    (CPU, float32 or float64, no autocast, JIT trace or dispatch mode). Elsewhere ``bmm`` runs, and raises PyTorch's
+    error for shapes that do not fit."""
+    return (_channels_linear_misfit(x, weight, bias) is None and _channels_linear_pays(x)
+            and _numba_applies(x, weight, bias))
 
 
-def _channels_linear_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    outputs, inputs = weight.shape
-    if outputs < 4 or inputs == 0 or x.shape[-1] == 0:
-        return False
-    return inputs <= FEW_INPUTS or (x.shape[-1] >= LONG_SEQUENCE and x.is_contiguous())
+def _channels_linear_pays(x: torch.Tensor) -> bool:
+    """Where the kernel beats PyTorch's products on tensors it takes (see FEW_INPUTS and LONG_SEQUENCE)."""
+    length = x.shape[-1]
+    return length > 0 and (x.shape[1] <= FEW_INPUTS or (length >= LONG_SEQUENCE and x.is_contiguous()))
 
 
 def _channels_linear_kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -371,7 +385,7 @@ class NumbaChannelsLinear(torch.autograd.Function):
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             transposed = weight.t()
-            if _channels_linear_pays(grad_out, transposed):
+            if _channels_linear_misfit(grad_out, transposed, None) is None and _channels_linear_pays(grad_out):
                 grad_x = _channels_linear_kernel(grad_out, transposed.contiguous(), None)
             else:
                 grad_x = torch.bmm(transposed.expand(x.shape[0], -1, -1), grad_out)
@@ -386,16 +400,9 @@ def channels_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     """``nn.Linear``'s ``weight`` (out, in) and ``bias`` over the channels of ``x`` (batch, in, L): (batch, out, L),
     contiguous, by the numba kernel, where :func:`channels_linear_applies`; with a backward where a gradient is
     recorded."""
-    if x.dim() != 3 or weight.dim() != 2 or weight.shape[1] != x.shape[1] or weight.shape[0] < 4 or x.shape[1] < 1:
-        raise ValueError(f"channels_linear takes x (batch, in, L) with in >= 1 and weight (out, in) with out >= 4, got "
-                         f"x {tuple(x.shape)} and weight {tuple(weight.shape)}; linear_channels_first takes any shapes")
-    if bias is not None and bias.shape != (weight.shape[0],):
-        raise ValueError(f"channels_linear's bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    tensors = {"x": x, "weight": weight, "bias": bias}
-    if any(t is not None and (t.device.type != "cpu" or t.dtype != x.dtype) for t in tensors.values()) \
-            or x.dtype not in (torch.float32, torch.float64):
-        found = ", ".join(f"{name} {t.dtype} on {t.device}" for name, t in tensors.items() if t is not None)
-        raise ValueError(f"channels_linear takes float32 or float64 CPU tensors of one dtype, got {found}")
+    misfit = _channels_linear_misfit(x, weight, bias)
+    if misfit is not None:
+        raise ValueError(misfit)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return NumbaChannelsLinear.apply(x, weight, bias)
     return _channels_linear_kernel(x, weight, bias)
