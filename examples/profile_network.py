@@ -26,7 +26,7 @@ SCOPES = ("causal_conv1d", "selective_scan")
 def named_scope(name, function, on_call=None):
     def scoped(*args, **kwargs):
         if on_call is not None:
-            on_call(*args)
+            on_call(*args, **kwargs)
         with record_function(name):
             return function(*args, **kwargs)
     return scoped
@@ -48,7 +48,7 @@ def main() -> None:
     mamba_module.causal_conv1d_silu = named_scope("causal_conv1d", mamba_module.causal_conv1d_silu)
     state_updates = []
 
-    def count_updates(u, delta, A, *rest):
+    def count_updates(u, delta, A, *rest, **options):
         state_updates.append(u.numel() * A.shape[-1])
 
     for module in (mamba_module, vss_module):

@@ -420,6 +420,7 @@ def test_channels_linear_applies_only_where_it_pays_and_ops_are_unobserved(monke
         assert not channels_linear_applies(torch.randn(2, 6, 50), torch.randn(8, 2), None)
         assert not channels_linear_applies(torch.randn(2, 2, 50), torch.randn(8, 4), None)
         assert not channels_linear_applies(x, weight, torch.randn(7))
+        assert not channels_linear_applies(x, weight.detach().to("meta"), None)  # a weight on another device
         with pytest.raises(RuntimeError):
             channels_first.linear_channels_first(torch.randn(2, 6, 50), torch.randn(8, 2))
         calls = []

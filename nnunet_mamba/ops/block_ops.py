@@ -340,9 +340,10 @@ def channels_linear_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     """Whether :func:`channels_linear` takes ``x`` (batch, in, L) and ``weight`` (out, in): at least 4 outputs, at
     most FEW_INPUTS inputs or a contiguous ``x`` of at least LONG_SEQUENCE positions, and the numba kernels in use
     (CPU, float32 or float64, no autocast, JIT trace or dispatch mode). Elsewhere ``bmm`` runs, and raises PyTorch's
-    error for shapes that do not fit."""
-    return (_channels_linear_misfit(x, weight, bias) is None and _channels_linear_pays(x)
-            and _numba_applies(x, weight, bias))
+    error for tensors that do not fit."""
+    # the cheap test first: on CUDA, under autocast and for the heads' few outputs nothing else is asked
+    return (_numba_applies(x, weight, bias) and _channels_linear_misfit(x, weight, bias) is None
+            and _channels_linear_pays(x))
 
 
 def _channels_linear_pays(x: torch.Tensor) -> bool:
