@@ -386,7 +386,7 @@ class NumbaChannelsLinear(torch.autograd.Function):
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             transposed = weight.t()
-            if _channels_linear_misfit(grad_out, transposed, None) is None and _channels_linear_pays(grad_out):
+            if _channels_linear_pays(grad_out) and _channels_linear_misfit(grad_out, transposed, None) is None:
                 grad_x = _channels_linear_kernel(grad_out, transposed.contiguous(), None)
             else:
                 grad_x = torch.bmm(transposed.expand(x.shape[0], -1, -1), grad_out)
